@@ -336,7 +336,6 @@ export class FibonacciRpcClient implements AsyncDisposable {
         channel.sendToQueue(this.#queue, Buffer.from(String(n)), {
           correlationId,
           replyTo: this.#callbackQueue,
-          contentType: "text/plain",
           mandatory: true, // come back (basic.return) if no queue takes it
           expiration: String(timeout), // nobody computes what nobody awaits
         });
