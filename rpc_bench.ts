@@ -210,15 +210,14 @@ function summarize(samples: number[]): Latency {
   };
 }
 
-async function sequential(call: Call, calls: number): Promise<Latency> {
-  for (let i = 0; i < Math.min(200, calls); i++) await call(1); // warm up
+async function sequential(call: Call, calls: number): Promise<number[]> {
   const samples: number[] = [];
   for (let i = 0; i < calls; i++) {
     const started = performance.now();
     await call(1);
     samples.push(performance.now() - started);
   }
-  return summarize(samples);
+  return samples;
 }
 
 /** Keeps `concurrency` calls in flight until `calls` are done; returns calls/s. */
@@ -335,18 +334,65 @@ async function main(quick: boolean, json: boolean, withPython: boolean) {
   log(`rpc_bench: ${results.machine}${quick ? " (quick)" : ""}`);
   const broker = await Broker.open();
   try {
-    // 1. Sequential latency of fib(1).
+    // 1 and 2. For each queue type and server count, our servers and the
+    // baseline's run side by side on queues of their own, and the clients
+    // take turns, so all see the same noise; a throughput figure is the
+    // median of `rounds` turns, a latency the percentiles of all turns.
+    const concurrencies = [1, 16, 64, 256];
     const latency: Record<string, Latency> = {};
+    const throughput: Record<string, Record<string, number>> = {};
     for (const type of ["quorum", "classic"] as const) {
-      for (const kind of ["ours", "raw"] as const) {
-        const queue = await broker.declare(type);
-        const servers = await startServers(broker, kind, queue, 1);
-        const client = kind === "ours"
-          ? await FibonacciRpcClient.connect({ url: URL, queue })
-          : await rawClient(queue);
-        latency[`${kind} (${type})`] = await sequential((n) => client.call(n), sequentialCalls);
-        await client.close();
-        await servers.stop();
+      for (const serverCount of [1, 2]) {
+        const oursQueue = await broker.declare(type);
+        const rawQueue = await broker.declare(type);
+        const servers = [
+          await startServers(broker, "ours", oursQueue, serverCount),
+          await startServers(broker, "raw", rawQueue, serverCount),
+        ];
+        const clients: Record<string, { call: Call; close(): Promise<void> }> = {
+          ours: await FibonacciRpcClient.connect({ url: URL, queue: oursQueue }),
+          "ours, exclusive reply queue": await FibonacciRpcClient.connect({
+            url: URL,
+            queue: oursQueue,
+            replyQueue: "exclusive",
+          }),
+          raw: await rawClient(rawQueue),
+        };
+        for (const client of Object.values(clients)) {
+          await pipelined((n) => client.call(n), 64, 1000); // warm up
+        }
+        if (serverCount === 1) {
+          const samples: Record<string, number[]> = {};
+          for (let round = 0; round < rounds; round++) {
+            for (const [name, client] of Object.entries(clients)) {
+              samples[name] = (samples[name] ?? []).concat(
+                await sequential((n) => client.call(n), Math.ceil(sequentialCalls / rounds)),
+              );
+            }
+          }
+          for (const [name, times] of Object.entries(samples)) {
+            latency[`${name} (${type})`] = summarize(times);
+          }
+        }
+        const rates: Record<string, Record<string, number[]>> = {};
+        for (const concurrency of concurrencies) {
+          const calls = concurrency === 1 ? Math.min(500, pipelinedCalls) : pipelinedCalls;
+          for (let round = 0; round < rounds; round++) {
+            for (const [name, client] of Object.entries(clients)) {
+              const { callsPerSecond } = await pipelined((n) => client.call(n), concurrency, calls);
+              ((rates[name] ??= {})[`C=${concurrency}`] ??= []).push(callsPerSecond);
+            }
+          }
+        }
+        for (const client of Object.values(clients)) await client.close();
+        for (const server of servers) await server.stop();
+        for (const [name, byConcurrency] of Object.entries(rates)) {
+          throughput[`${name}, ${type}, ${serverCount} server${serverCount > 1 ? "s" : ""}`] =
+            Object
+              .fromEntries(
+                Object.entries(byConcurrency).map(([c, values]) => [c, median(values)]),
+              );
+        }
       }
     }
     if (withPython) {
@@ -367,53 +413,18 @@ async function main(quick: boolean, json: boolean, withPython: boolean) {
         round(l.callsPerSecond),
       ]),
     );
-
-    // 2. Pipelined throughput. Ours and the baseline run side by side, on
-    // queues of their own, and take turns, so both see the same noise; each
-    // figure is the median of `rounds` turns.
-    const concurrencies = [1, 16, 64, 256];
-    const throughput: Record<string, Record<string, number>> = {};
-    for (const type of ["quorum", "classic"] as const) {
-      for (const serverCount of [1, 2]) {
-        const oursQueue = await broker.declare(type);
-        const rawQueue = await broker.declare(type);
-        const servers = [
-          await startServers(broker, "ours", oursQueue, serverCount),
-          await startServers(broker, "raw", rawQueue, serverCount),
-        ];
-        const clients: Record<string, { call: Call; close(): Promise<void> }> = {
-          ours: await FibonacciRpcClient.connect({ url: URL, queue: oursQueue }),
-          "ours, exclusive reply queue": await FibonacciRpcClient.connect({
-            url: URL,
-            queue: oursQueue,
-            replyQueue: "exclusive",
-          }),
-          raw: await rawClient(rawQueue),
-        };
-        const samples: Record<string, Record<string, number[]>> = {};
-        for (const [name, client] of Object.entries(clients)) {
-          await pipelined((n) => client.call(n), 64, 1000); // warm up
-          samples[name] = Object.fromEntries(concurrencies.map((c) => [`C=${c}`, []]));
-        }
-        for (const concurrency of concurrencies) {
-          const calls = concurrency === 1 ? Math.min(500, pipelinedCalls) : pipelinedCalls;
-          for (let round = 0; round < rounds; round++) {
-            for (const [name, client] of Object.entries(clients)) {
-              const { callsPerSecond } = await pipelined((n) => client.call(n), concurrency, calls);
-              samples[name][`C=${concurrency}`].push(callsPerSecond);
-            }
-          }
-        }
-        for (const client of Object.values(clients)) await client.close();
-        for (const server of servers) await server.stop();
-        for (const [name, byConcurrency] of Object.entries(samples)) {
-          throughput[`${name}, ${type}, ${serverCount} server${serverCount > 1 ? "s" : ""}`] =
-            Object
-              .fromEntries(
-                Object.entries(byConcurrency).map(([c, rates]) => [c, median(rates)]),
-              );
-        }
-      }
+    const python = latency["python tutorial (classic)"];
+    if (python) {
+      results.oursP50OverPython = {
+        quorum: latency["ours (quorum)"].p50 / python.p50,
+        classic: latency["ours (classic)"].p50 / python.p50,
+      };
+      log(
+        `ours / python tutorial, sequential p50: quorum ${
+          fixed(latency["ours (quorum)"].p50 / python.p50)
+        }, ` +
+          `classic ${fixed(latency["ours (classic)"].p50 / python.p50)}`,
+      );
     }
     results.throughput = throughput;
     table(

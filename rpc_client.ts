@@ -64,6 +64,11 @@ export interface ClientOptions {
    * queue, declared per connection.
    */
   replyQueue?: "direct" | "exclusive";
+  /**
+   * Called with a line for every request sent and reply received, showing
+   * how replies are matched to calls by correlation id. Default: none.
+   */
+  trace?: (line: string) => void;
 }
 
 /** Options for one {@linkcode FibonacciRpcClient.call}. */
@@ -154,13 +159,16 @@ export class FibonacciRpcClient implements AsyncDisposable {
   #callbackQueue = "";
   #droppedReplies = 0;
   #closed = false;
+  readonly #trace: ((line: string) => void) | undefined;
 
   private constructor(
     connection: RecoveringChannelModel,
     connectionName: string,
     queue: string,
     timeout: number,
+    trace: ((line: string) => void) | undefined,
   ) {
+    this.#trace = trace;
     this.#connection = connection;
     this.#connectionName = connectionName;
     this.#queue = queue;
@@ -194,6 +202,7 @@ export class FibonacciRpcClient implements AsyncDisposable {
       connectionName,
       options.queue ?? "rpc_queue",
       timeout,
+      options.trace,
     );
     await connection.waitForConnect().catch((error: unknown) => {
       throw new Error(describeFailure(error, url));
@@ -232,8 +241,10 @@ export class FibonacciRpcClient implements AsyncDisposable {
       // A duplicate (the server died between reply and ack, and the request
       // was redelivered), or a reply that came after its call timed out.
       this.#droppedReplies++;
+      this.#trace?.(` [<] reply ${short(correlationId)}: no call waits for it, dropped`);
       return;
     }
+    this.#trace?.(` [<] reply ${short(correlationId)}: matches fib(${call.n})`);
     const body = message.content.toString("utf8");
     if (type === "error") {
       this.#settle(correlationId, new RpcError("remote", body));
@@ -332,6 +343,11 @@ export class FibonacciRpcClient implements AsyncDisposable {
       }
       // Registered before publishing, so no reply can outrun its call.
       this.#pending.set(correlationId, call);
+      this.#trace?.(
+        ` [>] fib(${n}) sent, correlation_id ${
+          short(correlationId)
+        }, reply_to ${this.#callbackQueue}`,
+      );
       try {
         channel.sendToQueue(this.#queue, Buffer.from(String(n)), {
           correlationId,
@@ -356,6 +372,11 @@ export class FibonacciRpcClient implements AsyncDisposable {
   /** The `connection_name` it shows the broker (`rabbitmqctl list_connections`). */
   get connectionName(): string {
     return this.#connectionName;
+  }
+
+  /** The queue name the requests carry as `reply_to`. */
+  get callbackQueue(): string {
+    return this.#callbackQueue;
   }
 
   /** Calls waiting for their reply. */
@@ -394,6 +415,11 @@ export class FibonacciRpcClient implements AsyncDisposable {
   }
 }
 
+/** The first 8 characters of a correlation id: enough to tell calls apart in a trace. */
+function short(correlationId: unknown): string {
+  return typeof correlationId === "string" ? correlationId.slice(0, 8) : "(none)";
+}
+
 function checkTimeout(timeout: number): void {
   if (!Number.isSafeInteger(timeout) || timeout < 1) {
     throw new RangeError(`timeout must be a positive whole number of ms, got ${timeout}`);
@@ -409,6 +435,7 @@ Options:
   --queue NAME     the server's request queue (default: rpc_queue)
   --timeout MS     deadline of each call in ms (default: ${DEFAULT_TIMEOUT_MS})
   --reply-queue Q  "direct" (RabbitMQ direct reply-to, default) or "exclusive"
+  --verbose        show each request and how each reply is matched to it
   -h, --help       show this help`;
 
 /** Parses the command line; throws a one-line message on bad input. */
@@ -421,6 +448,7 @@ function parseCommandLine(args: string[]) {
       queue: { type: "string" },
       timeout: { type: "string" },
       "reply-queue": { type: "string" },
+      verbose: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -450,6 +478,7 @@ function parseCommandLine(args: string[]) {
     timeout,
     replyQueue: replyQueue as "direct" | "exclusive",
     url: values.url,
+    trace: values.verbose ? (line: string) => console.error(line) : undefined,
     queue: values.queue,
   };
 }

@@ -625,3 +625,70 @@ Deno.test("a password in the URL is never printed", async () => {
     "rpc_client: cannot connect to amqp://u:***@127.0.0.1:1: connection refused (is RabbitMQ running?)\n",
   );
 });
+
+// --- interop with the official tutorial programs ----------------------------
+
+const PYTHON = "/usr/bin/python3"; // Debian's, where python3-pika installs
+const pikaInstalled = await new Deno.Command(PYTHON, {
+  args: ["-c", "import pika"],
+  stdout: "null",
+  stderr: "null",
+}).output().then((output) => output.success, () => false);
+const interop = { ignore: !pikaInstalled, sanitizeResources: true };
+
+Deno.test({
+  name: "the Python tutorial client gets its answer from our server",
+  ...interop,
+  async fn() {
+    await using broker = await openBroker();
+    await using _server = await startServer({ url: URL, queue: broker.queue, ...quiet });
+    const output = await new Deno.Command(PYTHON, {
+      args: ["interop/rpc_client.py", "30"],
+      env: { RPC_QUEUE: broker.queue, AMQP_URL: URL },
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(20_000),
+    }).output();
+    const decoder = new TextDecoder();
+    assert.equal(decoder.decode(output.stderr), "");
+    assert.equal(decoder.decode(output.stdout), " [x] Requesting fib(30)\n [.] Got 832040\n");
+    assert.equal(output.code, 0);
+  },
+});
+
+Deno.test({
+  name: "our client gets its answers from the Python tutorial server",
+  ...interop,
+  async fn() {
+    await using broker = await openBroker();
+    const server = new Deno.Command(PYTHON, {
+      args: ["interop/rpc_server.py"],
+      env: { RPC_QUEUE: broker.queue, AMQP_URL: URL },
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    try {
+      await waitFor("the Python server to consume", async () => {
+        const channel = await broker.connection.createChannel();
+        channel.on("error", () => {}); // the queue may not exist yet: 404
+        const found = await channel.checkQueue(broker.queue).catch(() => undefined);
+        await channel.close().catch(() => {});
+        return (found?.consumerCount ?? 0) > 0;
+      });
+      await using client = await FibonacciRpcClient.connect({ url: URL, queue: broker.queue });
+      assert.deepEqual(await Promise.all([0, 1, 10, 20].map((n) => client.call(n))), [
+        0n,
+        1n,
+        55n,
+        6765n,
+      ]);
+      const cli = await run("rpc_client.ts", ["--queue", broker.queue, "25"]);
+      assert.equal(cli.stdout, " [x] Requesting fib(25)\n [.] Got 75025\n");
+      assert.equal(cli.code, 0);
+    } finally {
+      server.kill("SIGTERM");
+      await server.status;
+      await server.stderr.cancel();
+    }
+  },
+});
