@@ -19,7 +19,7 @@
 import { Buffer } from "node:buffer";
 import amqp from "npm:amqplib@^2.3.1";
 import type { Channel } from "npm:amqplib@^2.3.1";
-import { startServer } from "./rpc_server.ts";
+import { fib, startServer } from "./rpc_server.ts";
 import { FibonacciRpcClient } from "./rpc_client.ts";
 
 const url = Deno.env.get("AMQP_URL") ?? "amqp://localhost";
@@ -30,7 +30,10 @@ const step = (text: string) => console.log(`\n== ${text}`);
 async function withChannel(work: (channel: Channel) => unknown): Promise<void> {
   const connection = await amqp.connect(url);
   try {
-    await work(await connection.createChannel());
+    const channel = await connection.createChannel();
+    await work(channel);
+    // Closing the channel first waits until the broker has what we sent.
+    await channel.close();
   } finally {
     await connection.close();
   }
@@ -41,6 +44,12 @@ try {
   await using server = await startServer({
     url,
     queue,
+    // fib, after a random pause of up to 30 ms, so that replies come back in
+    // another order than the requests went out.
+    handler: async (n) => {
+      await new Promise((resolve) => setTimeout(resolve, Math.random() * 30));
+      return fib(n);
+    },
     log: (line) => console.log(`  server ${line}`),
   });
 

@@ -68,9 +68,11 @@ export interface ServerOptions {
   prefetch?: number;
   /**
    * How to declare the queue if it does not exist. `"quorum"` (default), as
-   * the current tutorials do: replicated and durable. `"classic"`: about half
-   * the latency per call on one broker (README, "Benchmark"). An existing
-   * queue is used as it is either way.
+   * the current tutorials do: replicated and durable. `"classic"`: a
+   * non-durable classic queue, declared exactly as the tutorial programs in
+   * other languages declare it (so theirs and ours can share it), with about
+   * half the latency per call (README, "Benchmark"). An existing queue is
+   * used as it is either way.
    */
   queueType?: "quorum" | "classic";
   /**
@@ -206,7 +208,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RpcServe
         queue,
         queueType === "quorum"
           ? { durable: true, arguments: { "x-queue-type": "quorum" } }
-          : { durable: true },
+          : { durable: false },
       );
       return channel;
     } catch (error) {
@@ -370,7 +372,8 @@ Options:
   --url URL        broker URL (default: $AMQP_URL, else amqp://localhost)
   --queue NAME     request queue (default: rpc_queue)
   --prefetch N     unacked requests at once, 1 to 65535 (default: ${DEFAULT_PREFETCH})
-  --queue-type T   "quorum" (default) or "classic": how to declare a new queue
+  --queue-type T   "quorum" (default), or "classic" as the other languages'
+                   tutorials declare it: how to declare a new queue
   --quiet          do not log each request
   -h, --help       show this help`;
 

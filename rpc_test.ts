@@ -692,3 +692,56 @@ Deno.test({
     }
   },
 });
+
+Deno.test("with --queue-type classic, our server and the other tutorials declare the same queue", async () => {
+  await using broker = await openBroker();
+  const tutorialDeclare = async (queue: string) => {
+    // What the official servers (and Node's client) do: a non-durable classic queue.
+    const channel = await broker.connection.createChannel();
+    channel.on("error", () => {});
+    try {
+      await channel.assertQueue(queue, { durable: false });
+      return "ok";
+    } catch (error) {
+      return `refused: ${(error as { code?: number }).code}`;
+    } finally {
+      await channel.close().catch(() => {});
+    }
+  };
+  // Theirs first, then ours: ours declares the same thing, so no 406 and no warning.
+  assert.equal(await tutorialDeclare(broker.queue), "ok");
+  const logged: string[] = [];
+  await using _first = await startServer({
+    url: URL,
+    queue: broker.queue,
+    queueType: "classic",
+    log: (line) => logged.push(line),
+  });
+  assert.deepEqual(logged, []);
+  // Ours first, then theirs: accepted as well.
+  const second = broker.newQueue();
+  await using _second = await startServer({
+    url: URL,
+    queue: second,
+    queueType: "classic",
+    ...quiet,
+  });
+  assert.equal(await tutorialDeclare(second), "ok");
+  // A quorum queue (our default) is what the other tutorials cannot declare.
+  const third = broker.newQueue();
+  await using _third = await startServer({ url: URL, queue: third, ...quiet });
+  assert.equal(await tutorialDeclare(third), "refused: 406");
+  await using client = await FibonacciRpcClient.connect({ url: URL, queue: broker.queue });
+  assert.equal(await client.call(40), 102334155n);
+});
+
+Deno.test("deno task demo shows replies matched by correlation id, then exits cleanly", async () => {
+  const { code, stdout, stderr } = await run("rpc_demo.ts", []);
+  assert.equal(stderr, "");
+  assert.equal(code, 0);
+  assert.match(stdout, /client {2}\[<\] reply \w{8}: matches fib\(1000\)/);
+  assert.match(stdout, /fib\(90\) = 2880067194370816120\n/);
+  assert.match(stdout, /no call waits for it, dropped\n {2}replies dropped so far: 1\n/);
+  assert.match(stdout, /RpcError: n must be a decimal integer from 0 to 10000, got "20000"/);
+  assert.match(stdout, /answered 8 requests\n$/);
+});
