@@ -11,10 +11,18 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import amqp from "npm:amqplib@^2.3.1";
 import type { Channel, ChannelModel, Message } from "npm:amqplib@^2.3.1";
-import { fib, MAX_N, MAX_REQUEST_BYTES, type RpcServer, startServer } from "./rpc_server.ts";
+import {
+  fib,
+  MAX_N,
+  MAX_REQUEST_BYTES,
+  type RpcServer,
+  type ServerOptions,
+  startServer,
+} from "./rpc_server.ts";
 import { FibonacciRpcClient, RpcError } from "./rpc_client.ts";
 
 const URL = Deno.env.get("AMQP_URL") ?? "amqp://localhost";
+const quiet = { log: null };
 
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -66,6 +74,36 @@ async function openBroker() {
       await connection.close();
     },
   };
+}
+
+/**
+ * A queue of the test's own with a server on it (quiet unless `log` is given)
+ * and a client calling it; disposing it closes them and deletes the queue.
+ */
+async function startPair(serverOptions: Omit<ServerOptions, "url" | "queue"> = {}) {
+  const broker = await openBroker();
+  try {
+    const server = await startServer({ url: URL, queue: broker.queue, ...quiet, ...serverOptions });
+    const client = await FibonacciRpcClient.connect({ url: URL, queue: broker.queue }).catch(
+      async (error) => {
+        await server.close();
+        throw error;
+      },
+    );
+    return {
+      broker,
+      server,
+      client,
+      async [Symbol.asyncDispose]() {
+        await client.close();
+        await server.close();
+        await broker[Symbol.asyncDispose]();
+      },
+    };
+  } catch (error) {
+    await broker[Symbol.asyncDispose]();
+    throw error;
+  }
 }
 
 /** Runs one of the scripts as a user would, with a deadline. */
@@ -154,8 +192,6 @@ function slowHandler(ms: number, seen: number[] = []) {
   };
 }
 
-const quiet = { log: null };
-
 // --- fib and the happy path -------------------------------------------------
 
 Deno.test("fib is exact for small and large n", () => {
@@ -167,18 +203,16 @@ Deno.test("fib is exact for small and large n", () => {
 });
 
 Deno.test("the server started in-process answers fib for several values", async () => {
-  await using broker = await openBroker();
-  await using _server = await startServer({ url: URL, queue: broker.queue, ...quiet });
-  await using client = await FibonacciRpcClient.connect({ url: URL, queue: broker.queue });
+  await using pair = await startPair();
+  const { client } = pair;
   for (const n of [0, 1, 2, 10, 30, 90, 1000]) {
     assert.equal(await client.call(n), fib(n), `fib(${n})`);
   }
 });
 
 Deno.test("200 concurrent calls over one client all resolve to the right values", async () => {
-  await using broker = await openBroker();
-  await using _server = await startServer({ url: URL, queue: broker.queue, ...quiet });
-  await using client = await FibonacciRpcClient.connect({ url: URL, queue: broker.queue });
+  await using pair = await startPair();
+  const { client } = pair;
   const numbers = Array.from({ length: 200 }, (_, i) => (i * 37) % 500);
   const results = await Promise.all(numbers.map((n) => client.call(n)));
   assert.deepEqual(results, numbers.map(fib));
@@ -322,14 +356,8 @@ Deno.test("the command-line client says so when no server consumes the queue", a
 });
 
 Deno.test("a timed-out call is forgotten and its late reply dropped", async () => {
-  await using broker = await openBroker();
-  await using _server = await startServer({
-    url: URL,
-    queue: broker.queue,
-    handler: slowHandler(300),
-    ...quiet,
-  });
-  await using client = await FibonacciRpcClient.connect({ url: URL, queue: broker.queue });
+  await using pair = await startPair({ handler: slowHandler(300) });
+  const { client } = pair;
   await assert.rejects(client.call(10, { timeout: 100 }), (error: RpcError) => {
     assert.equal(error.code, "timeout");
     assert.equal(error.message, "fib(10): no reply within 100 ms");
@@ -341,14 +369,8 @@ Deno.test("a timed-out call is forgotten and its late reply dropped", async () =
 });
 
 Deno.test("an aborted call rejects with the signal's reason and its reply is dropped", async () => {
-  await using broker = await openBroker();
-  await using _server = await startServer({
-    url: URL,
-    queue: broker.queue,
-    handler: slowHandler(200),
-    ...quiet,
-  });
-  await using client = await FibonacciRpcClient.connect({ url: URL, queue: broker.queue });
+  await using pair = await startPair({ handler: slowHandler(200) });
+  const { client } = pair;
   const controller = new AbortController();
   const call = client.call(10, { signal: controller.signal });
   setTimeout(() => controller.abort(new Error("user gave up")), 50);
@@ -380,17 +402,13 @@ Deno.test("a request nobody waits for any more expires unread", async () => {
 });
 
 Deno.test("a handler failure comes back as an RpcError and the server keeps going", async () => {
-  await using broker = await openBroker();
-  await using server = await startServer({
-    url: URL,
-    queue: broker.queue,
+  await using pair = await startPair({
     handler: (n) => {
       if (n === 13) throw new Error("thirteen is unlucky");
       return fib(n);
     },
-    ...quiet,
   });
-  await using client = await FibonacciRpcClient.connect({ url: URL, queue: broker.queue });
+  const { server, client } = pair;
   await assert.rejects(client.call(13), (error: RpcError) => {
     assert.ok(error instanceof RpcError);
     assert.equal(error.code, "remote");
@@ -408,7 +426,7 @@ Deno.test("a handler failure comes back as an RpcError and the server keeps goin
 Deno.test("bad requests get an error reply with their correlation id and are acked", async () => {
   await using broker = await openBroker();
   const logged: string[] = [];
-  const server = await startServer({
+  await using server = await startServer({
     url: URL,
     queue: broker.queue,
     log: (line) => logged.push(line),
@@ -455,7 +473,7 @@ Deno.test("bad requests get an error reply with their correlation id and are ack
 Deno.test("a request without reply_to is logged and acked; one without correlation_id gets an error", async () => {
   await using broker = await openBroker();
   const logged: string[] = [];
-  const server = await startServer({
+  await using server = await startServer({
     url: URL,
     queue: broker.queue,
     log: (line) => logged.push(line),
@@ -491,14 +509,9 @@ Deno.test("a queue declared with other settings is used as it is", async () => {
 });
 
 Deno.test("the server reconnects by itself after the broker closes its connection", async () => {
-  await using broker = await openBroker();
   const logged: string[] = [];
-  await using server = await startServer({
-    url: URL,
-    queue: broker.queue,
-    log: (line) => logged.push(line),
-  });
-  await using client = await FibonacciRpcClient.connect({ url: URL, queue: broker.queue });
+  await using pair = await startPair({ log: (line) => logged.push(line) });
+  const { server, client } = pair;
   assert.equal(await client.call(3), 2n);
   await closeFromBroker(server.connectionName);
   await waitFor("the reconnection", () => logged.some((line) => line.includes("Reconnected")));
@@ -507,14 +520,8 @@ Deno.test("the server reconnects by itself after the broker closes its connectio
 });
 
 Deno.test("the client fails calls in flight when its connection drops, then recovers", async () => {
-  await using broker = await openBroker();
-  await using _server = await startServer({
-    url: URL,
-    queue: broker.queue,
-    handler: slowHandler(3_000),
-    ...quiet,
-  });
-  await using client = await FibonacciRpcClient.connect({ url: URL, queue: broker.queue });
+  await using pair = await startPair({ handler: slowHandler(3_000) });
+  const { client } = pair;
   // Listen for the rejection now: it comes while the broker is still closing.
   const inFlight = assert.rejects(client.call(8, { timeout: 20_000 }), (error: RpcError) => {
     assert.equal(error.code, "connection-lost");
@@ -567,7 +574,7 @@ Deno.test("a server that dies between reply and ack: the client keeps one result
 Deno.test("closing the server finishes and acks the requests in progress", async () => {
   await using broker = await openBroker();
   const seen: number[] = [];
-  const server: RpcServer = await startServer({
+  await using server: RpcServer = await startServer({
     url: URL,
     queue: broker.queue,
     handler: slowHandler(300, seen),
