@@ -271,19 +271,18 @@ export class FibonacciRpcClient implements AsyncDisposable {
     );
   }
 
-  /** Ends one pending call: removes it, stops its timer, resolves or rejects it. */
-  #settle(
-    correlationId: string,
-    outcome: bigint | Error | unknown,
-    failed = typeof outcome !== "bigint",
-  ): void {
+  /**
+   * Ends one pending call: removes it, stops its timer, and resolves it with
+   * a bigint or rejects it with anything else (an error, an abort reason).
+   */
+  #settle(correlationId: string, outcome: unknown): void {
     const call = this.#pending.get(correlationId);
     if (!call) return;
     this.#pending.delete(correlationId);
     clearTimeout(call.timer);
     if (call.onAbort) call.signal!.removeEventListener("abort", call.onAbort);
-    if (failed) call.reject(outcome);
-    else call.resolve(outcome as bigint);
+    if (typeof outcome === "bigint") call.resolve(outcome);
+    else call.reject(outcome);
   }
 
   #failAll(code: RpcErrorCode, reason: string): void {

@@ -179,7 +179,7 @@ function describeFailure(error: unknown, url: string): string {
  *
  * @example
  * ```ts
- * await using server = await startServer({ queue: "rpc_queue", prefetch: 10 });
+ * await using server = await startServer({ queue: "rpc_queue", prefetch: 50 });
  * ```
  */
 export async function startServer(options: ServerOptions = {}): Promise<RpcServer> {
@@ -198,7 +198,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RpcServe
   let stopping = false;
   /** The channel and consumer of the current connection, once set up. */
   let consumer: { channel: Channel; consumerTag: string } | undefined;
-  /** Requests received and not yet acked; close() waits for them. */
+  /** Requests an async handler is still working on; close() waits for them. */
   const inProgress = new Set<Promise<void>>();
 
   /** Declares the queue as the current tutorials do, or takes it as it is. */

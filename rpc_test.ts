@@ -752,3 +752,17 @@ Deno.test("deno task demo shows replies matched by correlation id, then exits cl
   assert.match(stdout, /RpcError: n must be a decimal integer from 0 to 10000, got "20000"/);
   assert.match(stdout, /answered 8 requests\n$/);
 });
+
+Deno.test("a server whose queue is deleted under it declares it again and goes on", async () => {
+  const logged: string[] = [];
+  await using pair = await startPair({ log: (line) => logged.push(line) });
+  const { broker, client } = pair;
+  assert.equal(await client.call(5), 5n);
+  await broker.channel.deleteQueue(broker.queue);
+  await waitFor(
+    "the server to notice",
+    () => logged.some((line) => line.includes("cancelled the consumer")),
+  );
+  await waitFor("the queue to be back", () => logged.some((line) => line.includes("Reconnected")));
+  assert.equal(await client.call(6), 8n);
+});
