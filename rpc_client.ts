@@ -114,9 +114,24 @@ function redact(url: string): string {
   try {
     const parsed = new URL(url);
     if (parsed.password) parsed.password = "***";
-    return parsed.href.replace(/\/$/, "");
+    return parsed.href;
   } catch {
     return "(invalid URL)";
+  }
+}
+
+/** Throws a one-line TypeError unless `url` is an amqp:// or amqps:// URL with a host. */
+function checkUrl(url: string, what: string): void {
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    // reported below
+  }
+  if (!parsed || !/^amqps?:$/.test(parsed.protocol) || !parsed.hostname) {
+    throw new TypeError(
+      `${what} must be an amqp:// or amqps:// URL with a host, got "${redact(url)}"`,
+    );
   }
 }
 
@@ -132,6 +147,12 @@ function describeFailure(error: unknown, url: string): string {
   }
   if (/ACCESS[-_]REFUSED/.test(message)) {
     return `cannot log in to ${redact(url)}: access refused (wrong user name or password?)`;
+  }
+  if (message.startsWith("Expected ConnectionOpenOk; got <ConnectionClose")) {
+    const vhost = decodeURIComponent(new URL(url).pathname.slice(1)) || "/";
+    return `cannot open virtual host "${vhost}" on ${
+      redact(url)
+    } (does it exist? rabbitmqctl list_vhosts)`;
   }
   // amqplib's own messages name the broker's reply code; they never hold the URL.
   return message.split("\n")[0];
@@ -182,6 +203,7 @@ export class FibonacciRpcClient implements AsyncDisposable {
    */
   static async connect(options: ClientOptions = {}): Promise<FibonacciRpcClient> {
     const url = options.url ?? Deno.env.get("AMQP_URL") ?? "amqp://localhost";
+    checkUrl(url, "the broker URL");
     const timeout = options.timeout ?? DEFAULT_TIMEOUT_MS;
     const replyQueue = options.replyQueue ?? "direct";
     checkTimeout(timeout);
@@ -454,8 +476,9 @@ function parseCommandLine(args: string[]) {
   if (values.help) return { help: true as const };
   if (positionals.length === 0) throw new Error("give at least one number, e.g. rpc_client.ts 30");
   const numbers = positionals.map((text) => {
-    if (!/^\d+$/.test(text) || !Number.isSafeInteger(Number(text))) {
-      throw new Error(`n must be a non-negative integer, got "${text}"`);
+    if (!/^\d+$/.test(text)) throw new Error(`n must be a non-negative integer, got "${text}"`);
+    if (!Number.isSafeInteger(Number(text))) {
+      throw new Error(`n is too large: "${text}" (at most ${Number.MAX_SAFE_INTEGER})`);
     }
     return Number(text);
   });
@@ -468,9 +491,8 @@ function parseCommandLine(args: string[]) {
     throw new Error(`--reply-queue must be "direct" or "exclusive", got "${replyQueue}"`);
   }
   if (values.queue === "") throw new Error("--queue must not be empty");
-  if (values.url !== undefined && !/^amqps?:\/\/\S*$/.test(values.url)) {
-    throw new Error(`--url must be an amqp:// or amqps:// URL, got "${redact(values.url)}"`);
-  }
+  if (values.url !== undefined) checkUrl(values.url, "--url");
+  else if (Deno.env.get("AMQP_URL") !== undefined) checkUrl(Deno.env.get("AMQP_URL")!, "AMQP_URL");
   return {
     help: false as const,
     numbers,

@@ -149,9 +149,24 @@ function redact(url: string): string {
   try {
     const parsed = new URL(url);
     if (parsed.password) parsed.password = "***";
-    return parsed.href.replace(/\/$/, "");
+    return parsed.href;
   } catch {
     return "(invalid URL)";
+  }
+}
+
+/** Throws a one-line TypeError unless `url` is an amqp:// or amqps:// URL with a host. */
+function checkUrl(url: string, what: string): void {
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    // reported below
+  }
+  if (!parsed || !/^amqps?:$/.test(parsed.protocol) || !parsed.hostname) {
+    throw new TypeError(
+      `${what} must be an amqp:// or amqps:// URL with a host, got "${redact(url)}"`,
+    );
   }
 }
 
@@ -167,6 +182,12 @@ function describeFailure(error: unknown, url: string): string {
   }
   if (/ACCESS[-_]REFUSED/.test(message)) {
     return `cannot log in to ${redact(url)}: access refused (wrong user name or password?)`;
+  }
+  if (message.startsWith("Expected ConnectionOpenOk; got <ConnectionClose")) {
+    const vhost = decodeURIComponent(new URL(url).pathname.slice(1)) || "/";
+    return `cannot open virtual host "${vhost}" on ${
+      redact(url)
+    } (does it exist? rabbitmqctl list_vhosts)`;
   }
   // amqplib's own messages name the broker's reply code; they never hold the URL.
   return message.split("\n")[0];
@@ -184,6 +205,7 @@ function describeFailure(error: unknown, url: string): string {
  */
 export async function startServer(options: ServerOptions = {}): Promise<RpcServer> {
   const url = options.url ?? Deno.env.get("AMQP_URL") ?? "amqp://localhost";
+  checkUrl(url, "the broker URL");
   const queue = options.queue ?? "rpc_queue";
   const prefetch = options.prefetch ?? DEFAULT_PREFETCH;
   const queueType = options.queueType ?? "quorum";
@@ -399,9 +421,8 @@ function parseCommandLine(args: string[]) {
   if (queueType !== "quorum" && queueType !== "classic") {
     throw new Error(`--queue-type must be "quorum" or "classic", got "${queueType}"`);
   }
-  if (values.url !== undefined && !/^amqps?:\/\/[^\s]*$/.test(values.url)) {
-    throw new Error(`--url must be an amqp:// or amqps:// URL, got "${redact(values.url)}"`);
-  }
+  if (values.url !== undefined) checkUrl(values.url, "--url");
+  else if (Deno.env.get("AMQP_URL") !== undefined) checkUrl(Deno.env.get("AMQP_URL")!, "AMQP_URL");
   return { ...values, prefetch, queueType: queueType as "quorum" | "classic" };
 }
 

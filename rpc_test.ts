@@ -303,6 +303,13 @@ Deno.test("bad command-line input gives exit 2 and a one-line message", async ()
     ["rpc_client.ts", ["--reply-queue", "mine", "1"], /--reply-queue must be/],
     ["rpc_client.ts", ["--bogus", "1"], /Unknown option '--bogus'/],
     ["rpc_client.ts", ["--url", "http://x", "1"], /--url must be an amqp/],
+    [
+      "rpc_client.ts",
+      ["--url", "amqp://:5672", "1"],
+      /--url must be an amqp:\/\/ or amqps:\/\/ URL with a host/,
+    ],
+    ["rpc_client.ts", ["99999999999999999999"], /n is too large: "99999999999999999999"/],
+    ["rpc_server.ts", ["--url", "amqp://localhost:99999"], /--url must be an amqp/],
     ["rpc_server.ts", ["--prefetch", "0"], /--prefetch must be an integer from 1 to 65535/],
     ["rpc_server.ts", ["--prefetch", "ten"], /--prefetch must be an integer/],
     ["rpc_server.ts", ["--queue"], /argument missing|requires an argument/i],
@@ -625,6 +632,17 @@ Deno.test("a password in the URL is never printed", async () => {
       /^rpc_(server|client): cannot log in to amqp:\/\/guest:\*\*\*@127\.0\.0\.1:5672/,
     );
   }
+  const vhost = await run("rpc_client.ts", [
+    "--url",
+    "amqp://guest:guest@127.0.0.1/no-such-vhost",
+    "1",
+  ]);
+  assert.equal(vhost.code, 1);
+  assert.equal(
+    vhost.stderr,
+    `rpc_client: cannot open virtual host "no-such-vhost" on amqp://guest:***@127.0.0.1/no-such-vhost ` +
+      "(does it exist? rabbitmqctl list_vhosts)\n",
+  );
   const refused = await run("rpc_client.ts", ["--url", "amqp://u:hunter2@127.0.0.1:1", "1"]);
   assert.equal(refused.code, 1);
   assert.equal(
@@ -765,4 +783,22 @@ Deno.test("a server whose queue is deleted under it declares it again and goes o
   );
   await waitFor("the queue to be back", () => logged.some((line) => line.includes("Reconnected")));
   assert.equal(await client.call(6), 8n);
+});
+
+Deno.test("a bad AMQP_URL is a usage error, with the password hidden", async () => {
+  for (const script of ["rpc_server.ts", "rpc_client.ts"]) {
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", script, "1"].slice(0, script === "rpc_client.ts" ? 4 : 3),
+      env: { AMQP_URL: "http://user:hunter2@localhost" },
+      stdout: "null",
+      stderr: "piped",
+      signal: AbortSignal.timeout(20_000),
+    }).output();
+    assert.equal(output.code, 2, script);
+    assert.equal(
+      new TextDecoder().decode(output.stderr),
+      `${script.replace(".ts", "")}: AMQP_URL must be an amqp:// or amqps:// URL with a host, ` +
+        `got "http://user:***@localhost/" (see --help)\n`,
+    );
+  }
 });
