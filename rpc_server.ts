@@ -352,6 +352,9 @@ export async function startServer(options: ServerOptions = {}): Promise<RpcServe
     consumer = undefined;
     if (!stopping) log(` [!] Lost the broker (${describeFailure(error, url)}); reconnecting`);
   });
+  connection.on("reconnect-scheduled", ({ attempt, delay }: { attempt: number; delay: number }) => {
+    if (!stopping && attempt > 1) log(` [!] Still no broker; trying again in ${delay} ms`);
+  });
   connection.on("connect", () => {
     if (!stopping) log(` [x] Reconnected; awaiting RPC requests on "${queue}"`);
   });
@@ -452,7 +455,14 @@ if (import.meta.main) {
     Deno.exit(1);
   }
   console.log(" [x] Awaiting RPC requests");
+  let signalled = false;
   const shutDown = async (signal: string) => {
+    if (signalled) {
+      // A second signal: do not wait. Unacked requests go back to the queue.
+      console.log(` [!] ${signal} again: exiting now`);
+      Deno.exit(1);
+    }
+    signalled = true;
     console.log(` [x] ${signal}: finishing the requests in progress, then exiting`);
     await server.close();
     Deno.exit(0);
