@@ -491,8 +491,9 @@ function parseCommandLine(args: string[]) {
     throw new Error(`--reply-queue must be "direct" or "exclusive", got "${replyQueue}"`);
   }
   if (values.queue === "") throw new Error("--queue must not be empty");
+  const environmentUrl = Deno.env.get("AMQP_URL");
   if (values.url !== undefined) checkUrl(values.url, "--url");
-  else if (Deno.env.get("AMQP_URL") !== undefined) checkUrl(Deno.env.get("AMQP_URL")!, "AMQP_URL");
+  else if (environmentUrl !== undefined) checkUrl(environmentUrl, "AMQP_URL");
   return {
     help: false as const,
     numbers,

@@ -424,8 +424,9 @@ function parseCommandLine(args: string[]) {
   if (queueType !== "quorum" && queueType !== "classic") {
     throw new Error(`--queue-type must be "quorum" or "classic", got "${queueType}"`);
   }
+  const environmentUrl = Deno.env.get("AMQP_URL");
   if (values.url !== undefined) checkUrl(values.url, "--url");
-  else if (Deno.env.get("AMQP_URL") !== undefined) checkUrl(Deno.env.get("AMQP_URL")!, "AMQP_URL");
+  else if (environmentUrl !== undefined) checkUrl(environmentUrl, "AMQP_URL");
   return { ...values, prefetch, queueType: queueType as "quorum" | "classic" };
 }
 
