@@ -7,10 +7,11 @@
  * dropped. Then it closes everything and exits.
  *
  * ```sh
- * deno task demo        # = deno run -A rpc_demo.ts
+ * deno task demo        # = deno run --allow-net --allow-env rpc_demo.ts
  * ```
  *
- * Permissions: `--allow-net` and `--allow-env`, as the scripts it imports.
+ * Permissions: `--allow-net` (the broker) and `--allow-env` (`AMQP_URL`), as
+ * the scripts it imports; rpc_test.ts runs it with just those two.
  * It uses a queue of its own (`rpc_demo.<uuid>`), deleted at the end, so a
  * server you run on `rpc_queue` is not disturbed.
  *
@@ -19,7 +20,7 @@
 import { Buffer } from "node:buffer";
 import amqp from "npm:amqplib@^2.3.1";
 import type { Channel } from "npm:amqplib@^2.3.1";
-import { fib, startServer } from "./rpc_server.ts";
+import { RpcServer } from "./rpc_server.ts";
 import { FibonacciRpcClient } from "./rpc_client.ts";
 
 const url = Deno.env.get("AMQP_URL") ?? "amqp://localhost";
@@ -41,15 +42,9 @@ async function withChannel(work: (channel: Channel) => unknown): Promise<void> {
 
 try {
   step(`A server consumes "${queue}" (the tutorial's rpc_queue, renamed for the demo)`);
-  await using server = await startServer({
+  await using server = await RpcServer.start({
     url,
     queue,
-    // fib, after a random pause of up to 30 ms, so that replies come back in
-    // another order than the requests went out.
-    handler: async (n) => {
-      await new Promise((resolve) => setTimeout(resolve, Math.random() * 30));
-      return fib(n);
-    },
     log: (line) => console.log(`  server ${line}`),
   });
 
@@ -57,7 +52,7 @@ try {
   await using client = await FibonacciRpcClient.connect({
     url,
     queue,
-    replyQueue: "exclusive",
+    replyQueue: "exclusive", // the default; "direct" would use RabbitMQ's direct reply-to
     trace: (line) => console.log(`  client ${line}`),
   });
   console.log(`  client callback queue: ${client.callbackQueue}`);
