@@ -2015,7 +2015,10 @@ Deno.test("the command-line client says so when no server consumes the queue, or
   const queue = broker.newQueue();
   const missing = await run("rpc_client.ts", ["--queue", queue, "7"]);
   assert.equal(missing.code, 1);
-  assert.equal(missing.stderr, `rpc_client: fib(7): no queue named "${queue}": is the server running?\n`);
+  assert.equal(
+    missing.stderr,
+    `rpc_client: fib(7): no queue named "${queue}": is the server running?\n`,
+  );
 });
 
 Deno.test("SIGINT stops the command-line server and client cleanly", async () => {
