@@ -128,8 +128,8 @@ export class RpcServer implements AsyncDisposable {
   async #consume(model: ChannelModel): Promise<void> {
     let channel = await model.createChannel(); // Step 2: a channel
     channel = await this.#declareQueue(model, channel); // Step 3: declare rpc_queue
-    // Step 4: "to spread the load equally over multiple servers", the broker
-    // hands each server at most `prefetch` requests it has not acked yet.
+    // Step 4: fair dispatch. With several servers on the queue, the broker
+    // hands each at most `prefetch` requests it has not acked yet.
     await channel.prefetch(this.#prefetch);
     this.#log.write(" [x] Awaiting RPC requests");
     // Step 5: consume, with acknowledgements (no `noAck`): a request a dead
