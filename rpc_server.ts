@@ -540,7 +540,7 @@ function replyAddress(message: ConsumeMessage, log: RateLimitedLog): ReplyAddres
     log.write(" [!] Dropped a request without reply_to: nobody to answer", "refused");
     return undefined;
   }
-  if (`${replyTo}${correlationId ?? ""}`.includes("\uFFFD")) {
+  if (replyTo.includes("\uFFFD") || correlationId?.includes("\uFFFD")) {
     log.write(
       " [!] Dropped a request whose reply_to or correlation_id is not UTF-8: " +
         "it cannot be echoed exactly",
