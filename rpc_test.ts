@@ -1090,10 +1090,11 @@ Deno.test("closing the server finishes and acks the requests in progress, then s
 Deno.test("a broker that vanishes mid-call fails the call with connection-lost, and the client recovers", async () => {
   await using broker = await openBroker();
   await using proxy = startProxy();
+  const seen: number[] = [];
   await using _server = await RpcServer.start({
     url: URL,
     queue: broker.queue,
-    handler: slowHandler(1_000),
+    handler: slowHandler(1_000, seen),
     ...quiet,
   });
   const logged: string[] = [];
@@ -1109,7 +1110,7 @@ Deno.test("a broker that vanishes mid-call fails the call with connection-lost, 
     assert.equal(error.code, "connection-lost");
     return true;
   });
-  await delay(100); // the request is on its way to the server
+  await waitFor("the server to work on fib(10)", () => seen.length === 2);
   proxy.cut();
   await rejected;
   assert.ok(performance.now() - started < 2_000, "rejected at once, not at the deadline");
