@@ -174,7 +174,7 @@ export class RpcServer implements AsyncDisposable {
     try {
       const n = readRequest(message);
       const again = message.fields.redelivered ? " (redelivered)" : "";
-      this.#log.write(` [.] fib(${n})${again}`, "requests");
+      this.#log.write(() => ` [.] fib(${n})${again}`, "requests"); // built only if shown
       result = this.#handler(n);
     } catch (error) {
       return this.#reply(channel, message, address, error, true);
@@ -501,15 +501,34 @@ class BadRequest extends Error {}
  */
 function readRequest(message: ConsumeMessage): number {
   const body = message.content;
-  const expected = `n must be a decimal integer from 0 to ${MAX_N}`;
   if (!message.properties.correlationId) throw new BadRequest("request has no correlation_id");
-  if (body.length === 0) throw new BadRequest(`empty request: ${expected}`);
   if (body.length > MAX_REQUEST_BYTES) {
     throw new BadRequest(`request too large: ${body.length} bytes, at most ${MAX_REQUEST_BYTES}`);
   }
-  const text = body.toString("utf8").trim();
-  const n = /^\d+$/.test(text) ? Number(text) : NaN;
-  if (!(n <= MAX_N)) throw new BadRequest(`${expected}, got ${JSON.stringify(text)}`);
+  const n = asciiDecimal(body); // the common case, read straight from the bytes
+  if (n !== undefined && n <= MAX_N) return n;
+  const expected = `n must be a decimal integer from 0 to ${MAX_N}`;
+  if (body.length === 0) throw new BadRequest(`empty request: ${expected}`);
+  const text = body.toString("utf8").trim(); // white space beyond ASCII is allowed too
+  const number = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (number <= MAX_N) return number;
+  throw new BadRequest(`${expected}, got ${JSON.stringify(text)}`);
+}
+
+/** The number ASCII digits spell, with ASCII white space around them; else undefined. */
+function asciiDecimal(bytes: Uint8Array): number | undefined {
+  const isSpace = (byte: number) => byte === 32 || (byte >= 9 && byte <= 13);
+  let start = 0;
+  let end = bytes.length;
+  while (start < end && isSpace(bytes[start])) start++;
+  while (end > start && isSpace(bytes[end - 1])) end--;
+  if (start === end) return undefined;
+  let n = 0;
+  for (let i = start; i < end; i++) {
+    const digit = bytes[i] - 48;
+    if (digit < 0 || digit > 9) return undefined;
+    n = n * 10 + digit;
+  }
   return n;
 }
 
@@ -575,11 +594,14 @@ class RateLimitedLog {
     this.#write = write;
   }
 
-  write(line: string, kind?: string): void {
+  /** Writes the line (or what the function returns, built only if it is written). */
+  write(line: string | (() => string), kind?: string): void {
     if (!this.#write) return;
     const now = Date.now();
     if (now - this.#windowStart >= 1000) [this.#windowStart, this.#written] = [now, 0];
-    if (kind === undefined || this.#written++ < LOG_LINES_PER_SECOND) return this.#write(line);
+    if (kind === undefined || this.#written++ < LOG_LINES_PER_SECOND) {
+      return this.#write(typeof line === "string" ? line : line());
+    }
     this.#held.set(kind, (this.#held.get(kind) ?? 0) + 1);
     this.#timer ??= setTimeout(() => this.flush(), 1000);
   }
