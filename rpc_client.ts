@@ -137,8 +137,12 @@ export class FibonacciRpcClient implements AsyncDisposable {
         deadline: Date.now() + timeout,
         timeout,
         retry: options.retry ?? this.#options.retry,
+        sentOn: undefined, // every field set now: one object shape for all calls
+        lostConnection: false,
         resolve,
         reject,
+        signal: undefined,
+        onAbort: undefined,
       };
       // Registered before publishing, so that no reply can outrun its call.
       this.#pending.set(call.correlationId, call);
@@ -414,6 +418,7 @@ export class FibonacciRpcClient implements AsyncDisposable {
     for (const call of this.#pending.values()) {
       this.#settle(call, new RpcError("closed", `fib(${call.n}): the client was closed`));
     }
+    this.#deadlines.stop();
     this.#channel = undefined;
     await this.#connection?.close().catch(ignoreError);
   }
@@ -576,14 +581,23 @@ function readReply(call: PendingCall, message: Message, maxReplyBytes: number): 
       `fib(${call.n}): the reply has ${content.length} bytes, more than the ${maxReplyBytes} accepted`,
     );
   }
+  if (properties.type !== "error" && isAsciiDigits(content)) {
+    return BigInt(content.toString("latin1"));
+  }
   const body = content.toString("utf8");
   if (properties.type === "error") return new RpcError("remote", body);
-  const digits = body.trim();
+  const digits = body.trim(); // white space around the digits is fine too
   if (/^\d+$/.test(digits)) return BigInt(digits);
   return new RpcError(
     "bad-reply",
     `fib(${call.n}): the server replied ${JSON.stringify(body.slice(0, 80))}`,
   );
+}
+
+/** Whether the bytes are one or more ASCII digits, and nothing else: a reply as our server sends it. */
+function isAsciiDigits(bytes: Uint8Array): boolean {
+  for (const byte of bytes) if (byte < 48 || byte > 57) return false;
+  return bytes.length > 0;
 }
 
 /**
@@ -609,11 +623,14 @@ class DeadlineSweep {
     if (call.deadline < this.#timerAt) this.#setTimer(call.deadline);
   }
 
+  /** Forgets a call. The timer stays as it is: when it fires early, the sweep sets it again. */
   delete(call: PendingCall): void {
-    const queue = this.#queues.get(call.timeout);
-    if (!queue?.delete(call) || queue.size > 0) return;
-    this.#queues.delete(call.timeout);
-    if (this.#queues.size === 0) this.#setTimer(Infinity);
+    this.#queues.get(call.timeout)?.delete(call);
+  }
+
+  /** Stops the timer, for good. */
+  stop(): void {
+    this.#setTimer(Infinity);
   }
 
   #setTimer(at: number): void {
@@ -626,7 +643,8 @@ class DeadlineSweep {
     const now = Date.now();
     const expired: PendingCall[] = [];
     let next = Infinity;
-    for (const queue of this.#queues.values()) {
+    for (const [timeout, queue] of this.#queues) {
+      if (queue.size === 0) this.#queues.delete(timeout);
       for (const call of queue) {
         if (call.deadline > now) {
           next = Math.min(next, call.deadline);
