@@ -1,0 +1,220 @@
+/**
+ * # bench/child.ts: the parts of the benchmark that need a process of their own
+ *
+ * `rpc_bench.ts` runs this file with one argument, a JSON object whose `mode`
+ * says what to do; it is not meant to be run by hand, but can be:
+ *
+ * ```sh
+ * deno run -A bench/child.ts '{"mode":"cold","url":"amqp://127.0.0.1","queue":"rpc_queue"}'
+ * ```
+ *
+ * - `cold`: one call as `rpc_client.ts 30` makes it, stamping each phase
+ *   (modules loaded, connected, answered, closed) in ms since the epoch;
+ * - `cold-raw`: the same call in raw amqplib steps, to split connecting from
+ *   declaring the callback queue;
+ * - `memory`: `calls` pipelined calls from one client (ours or raw), printing
+ *   RSS and heap every tenth of the way, as JSON lines;
+ * - `slow-server`: our server with a handler that busy-waits `workMs` per
+ *   request, with or without skipping late requests; prints its counts on SIGTERM.
+ *
+ * Nothing is imported statically, so the first statement runs as soon as Deno
+ * has started, and each import is timed where it happens.
+ *
+ * Permissions: `-A` (network, environment, `Deno.memoryUsage`).
+ *
+ * @module
+ */
+const startedAt = performance.timeOrigin + performance.now();
+const now = () => performance.timeOrigin + performance.now();
+
+interface Config {
+  mode: "cold" | "cold-raw" | "memory" | "slow-server";
+  url: string;
+  queue: string;
+  /** memory: which client. */
+  client?: "ours" | "raw-full" | "raw-plain";
+  calls?: number;
+  concurrency?: number;
+  /** slow-server */
+  prefetch?: number;
+  workMs?: number;
+  skipLate?: boolean;
+}
+
+/** [phase, ms since the epoch at its end], starting with this module's first statement. */
+type Stamps = [string, number][];
+
+/** Loads the Node built-ins that amqplib and our scripts need, in three timed steps. */
+async function builtIns(): Promise<Stamps> {
+  const stamps: Stamps = [["deno started", startedAt]];
+  await import("node:buffer");
+  stamps.push(["node:buffer loaded (Deno's Node layer starts)", now()]);
+  await import("node:stream");
+  stamps.push(["node:stream loaded", now()]);
+  await Promise.all(["events", "util", "net", "tls", "url"].map((name) => import(`node:${name}`)));
+  stamps.push(["node:events, util, net, tls, url loaded", now()]);
+  return stamps;
+}
+
+async function cold(config: Config): Promise<Stamps> {
+  const stamps = await builtIns();
+  await import("npm:amqplib@^2.3.1");
+  stamps.push(["amqplib loaded", now()]);
+  const { FibonacciRpcClient } = await import("../rpc_client.ts");
+  stamps.push(["rpc_client.ts loaded", now()]);
+  const client = await FibonacciRpcClient.connect({ url: config.url, queue: config.queue });
+  stamps.push(["connected (connection, channel, callback queue, consumer)", now()]);
+  await client.call(30);
+  stamps.push(["call answered", now()]);
+  await client.close();
+  stamps.push(["connection closed", now()]);
+  return stamps;
+}
+
+async function coldRaw(config: Config): Promise<Stamps> {
+  const stamps = await builtIns();
+  const { Buffer } = await import("node:buffer");
+  const { default: amqp } = await import("npm:amqplib@^2.3.1");
+  stamps.push(["amqplib loaded", now()]);
+  const connection = await amqp.connect(config.url, { noDelay: true });
+  stamps.push(["TCP connect and AMQP handshake", now()]);
+  const channel = await connection.createConfirmChannel();
+  stamps.push(["confirm channel opened", now()]);
+  const { queue: replyTo } = await channel.assertQueue("", { exclusive: true });
+  stamps.push(["callback queue declared", now()]);
+  const answered = Promise.withResolvers<void>();
+  await channel.consume(replyTo, () => answered.resolve(), { noAck: true });
+  stamps.push(["consumer started", now()]);
+  channel.sendToQueue(config.queue, Buffer.from("30"), {
+    correlationId: crypto.randomUUID(),
+    replyTo,
+    mandatory: true,
+    expiration: "30000",
+    headers: { "x-deadline": Date.now() + 30_000 },
+  });
+  const timer = setTimeout(() => answered.reject(new Error("no reply in 30 s")), 30_000);
+  await answered.promise.finally(() => clearTimeout(timer));
+  stamps.push(["call answered", now()]);
+  await connection.close();
+  stamps.push(["connection closed", now()]);
+  return stamps;
+}
+
+/** Prints {calls, ms, rssMiB, heapMiB} every tenth of the calls, then a final line after a GC. */
+async function memory(config: Config): Promise<void> {
+  const calls = config.calls ?? 100_000;
+  const concurrency = config.concurrency ?? 256;
+  let call: (n: number) => Promise<unknown>;
+  let close: () => Promise<void>;
+  let pending = () => 0;
+  if (config.client === "ours") {
+    const { FibonacciRpcClient } = await import("../rpc_client.ts");
+    const client = await FibonacciRpcClient.connect({
+      url: config.url,
+      queue: config.queue,
+      replyQueue: "exclusive",
+    });
+    call = (n) => client.call(n);
+    close = () => client.close();
+    pending = () => client.pendingCalls;
+  } else {
+    const { rawClient } = await import("./raw.ts");
+    const full = config.client === "raw-full";
+    const client = await rawClient({
+      url: config.url,
+      queue: config.queue,
+      confirms: full,
+      properties: full,
+    });
+    call = (n) => client.call(n);
+    close = () => client.close();
+  }
+  const began = performance.now();
+  const sample = (done: number) => {
+    const { rss, heapUsed } = Deno.memoryUsage();
+    console.log(JSON.stringify({
+      calls: done,
+      ms: performance.now() - began,
+      rssMiB: rss / 2 ** 20,
+      heapMiB: heapUsed / 2 ** 20,
+    }));
+  };
+  sample(0);
+  const every = Math.max(1, Math.floor(calls / 10));
+  const deadline = began + 300_000;
+  let started = 0, done = 0;
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (started < calls && performance.now() < deadline) {
+      started++;
+      await call(1);
+      if (++done % every === 0) sample(done);
+    }
+  }));
+  (globalThis as { gc?: () => void }).gc?.();
+  const { rss, heapUsed } = Deno.memoryUsage();
+  console.log(JSON.stringify({
+    final: true,
+    calls: done,
+    rssMiB: rss / 2 ** 20,
+    heapAfterGcMiB: heapUsed / 2 ** 20,
+    pendingCalls: pending(),
+  }));
+  await close();
+}
+
+/** What the slow server needs of `rpc_server.ts`, old API (`startServer`) or new (`RpcServer.start`). */
+interface ServerModule {
+  fib(n: number): bigint;
+  startServer?: StartServer;
+  RpcServer?: { start?: StartServer };
+}
+type StartServer = (options: {
+  url: string;
+  queue: string;
+  prefetch?: number;
+  queueType: "quorum";
+  log: null;
+  skipLate?: boolean;
+  handler: (n: number) => bigint;
+}) => Promise<{ close(): Promise<void>; readonly answered: number; readonly skipped?: number }>;
+
+async function slowServer(config: Config): Promise<void> {
+  const module = await import("../rpc_server.ts") as unknown as ServerModule;
+  const start = module.startServer ?? module.RpcServer?.start?.bind(module.RpcServer);
+  if (!start) throw new Error("rpc_server.ts exports neither startServer nor RpcServer.start");
+  const workMs = config.workMs ?? 20;
+  const server = await start({
+    url: config.url,
+    queue: config.queue,
+    prefetch: config.prefetch,
+    queueType: "quorum",
+    log: null,
+    skipLate: config.skipLate, // a server without the option ignores it
+    handler: (n: number) => {
+      const until = performance.now() + workMs;
+      while (performance.now() < until) { /* a slow handler, on the CPU like real work */ }
+      return module.fib(n);
+    },
+  });
+  console.log(" [x] Awaiting RPC requests");
+  const stop = async () => {
+    await server.close();
+    console.log(JSON.stringify({ answered: server.answered, skipped: server.skipped ?? null }));
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGINT", stop);
+}
+
+if (import.meta.main) {
+  const config: Config = JSON.parse(Deno.args[0] ?? "{}");
+  if (config.mode === "cold" || config.mode === "cold-raw") {
+    console.log(JSON.stringify(await (config.mode === "cold" ? cold : coldRaw)(config)));
+    Deno.exit(0); // as rpc_client.ts does once its calls are done
+  } else if (config.mode === "memory") await memory(config);
+  else if (config.mode === "slow-server") await slowServer(config);
+  else {
+    console.error(`child.ts: unknown mode ${JSON.stringify(config.mode)} (see rpc_bench.ts)`);
+    Deno.exit(2);
+  }
+}

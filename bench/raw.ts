@@ -1,0 +1,158 @@
+/**
+ * # bench/raw.ts: the raw amqplib pair that `rpc_bench.ts` measures ours against
+ *
+ * The same publish/consume/reply loop as tutorial six, written straight against
+ * amqplib with no validation, logging, timers, deadlines or bookkeeping beyond
+ * the map that matches replies to calls. Each AMQP feature our pair uses can be
+ * switched on alone, so the benchmark can print what each one costs:
+ *
+ * - client `confirms`: requests go out on a confirm channel (publisher confirms);
+ * - client `properties`: requests carry `mandatory`, `expiration` and the
+ *   `x-deadline` header, as ours do;
+ * - server `replyConnection`: replies go out on a second connection.
+ *
+ * Both sides use a callback queue declared as the tutorial does (exclusive,
+ * server-named). The benchmark starts the server as its own process:
+ *
+ * ```sh
+ * deno run -A bench/raw.ts --queue Q [--prefetch 50] [--reply-connection] [--url U]
+ * ```
+ *
+ * Permissions: `--allow-net` (the broker) and `--allow-env` (amqplib reads it);
+ * `-A` grants both. It prints ` [x] Awaiting RPC requests` when consuming and
+ * stops on SIGTERM or SIGINT.
+ *
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import { parseArgs } from "node:util";
+import amqp from "npm:amqplib@^2.3.1";
+import type { Channel, ConfirmChannel, Options } from "npm:amqplib@^2.3.1";
+
+/** Which features a raw client uses. */
+export interface RawClientOptions {
+  url: string;
+  queue: string;
+  /** Publish on a confirm channel. */
+  confirms: boolean;
+  /** Publish with `mandatory`, `expiration` and an `x-deadline` header. */
+  properties: boolean;
+  /** The deadline that `expiration` and `x-deadline` carry, in ms. */
+  timeout?: number;
+}
+
+/** A connected raw client: `call(n)` resolves with the reply body. */
+export interface RawClient {
+  call(n: number): Promise<string>;
+  close(): Promise<void>;
+}
+
+/** The exact fib(n) our server computes, as a plain loop. */
+function fib(n: number): bigint {
+  let previous = 0n, current = 1n;
+  for (let i = 0; i < n; i++) [previous, current] = [current, previous + current];
+  return previous;
+}
+
+/** Connects a raw client with the chosen features. */
+export async function rawClient(options: RawClientOptions): Promise<RawClient> {
+  const { queue, confirms, properties } = options;
+  const timeout = options.timeout ?? 30_000;
+  const connection = await amqp.connect(options.url, { noDelay: true });
+  const channel: Channel | ConfirmChannel = confirms
+    ? await connection.createConfirmChannel()
+    : await connection.createChannel();
+  const { queue: replyTo } = await channel.assertQueue("", { exclusive: true });
+  const pending = new Map<string, (body: string) => void>();
+  await channel.consume(replyTo, (message) => {
+    const resolve = message && pending.get(message.properties.correlationId);
+    if (!resolve) return;
+    pending.delete(message.properties.correlationId);
+    resolve(message.content.toString());
+  }, { noAck: true });
+  const call = (n: number) =>
+    new Promise<string>((resolve, reject) => {
+      const correlationId = crypto.randomUUID();
+      pending.set(correlationId, resolve);
+      const publish: Options.Publish = properties
+        ? {
+          correlationId,
+          replyTo,
+          mandatory: true,
+          expiration: String(timeout),
+          headers: { "x-deadline": Date.now() + timeout },
+        }
+        : { correlationId, replyTo };
+      const body = Buffer.from(String(n));
+      if (!confirms) {
+        channel.sendToQueue(queue, body, publish);
+      } else {
+        (channel as ConfirmChannel).sendToQueue(queue, body, publish, (error) => {
+          if (error && pending.delete(correlationId)) reject(new Error("request nacked"));
+        });
+      }
+    });
+  return { call, close: () => connection.close() };
+}
+
+/** Consumes `queue`, replies fib(n), acks; replies on a second connection if asked. */
+export async function rawServer(options: {
+  url: string;
+  queue: string;
+  prefetch: number;
+  replyConnection: boolean;
+}): Promise<{ close(): Promise<void> }> {
+  const connection = await amqp.connect(options.url, { noDelay: true });
+  const replies = options.replyConnection
+    ? await amqp.connect(options.url, { noDelay: true })
+    : connection;
+  for (const model of new Set([connection, replies])) {
+    model.on("error", (error: Error) => {
+      console.error(`raw.ts: lost the broker: ${error.message}`);
+      Deno.exit(1);
+    });
+  }
+  const channel = await connection.createChannel();
+  const replyChannel = options.replyConnection ? await replies.createChannel() : channel;
+  await channel.prefetch(options.prefetch);
+  await channel.consume(options.queue, (message) => {
+    if (!message) return;
+    const { replyTo, correlationId } = message.properties;
+    const body = Buffer.from(String(fib(Number(message.content.toString()))));
+    replyChannel.sendToQueue(replyTo, body, { correlationId });
+    channel.ack(message);
+  });
+  return {
+    async close() {
+      await channel.close().catch(() => {});
+      if (replies !== connection) await replies.close().catch(() => {});
+      await connection.close().catch(() => {});
+    },
+  };
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      url: { type: "string", default: Deno.env.get("AMQP_URL") ?? "amqp://127.0.0.1" },
+      queue: { type: "string" },
+      prefetch: { type: "string", default: "50" },
+      "reply-connection": { type: "boolean", default: false },
+    },
+  });
+  if (!values.queue) {
+    console.error("raw.ts: --queue is required");
+    Deno.exit(2);
+  }
+  const server = await rawServer({
+    url: values.url,
+    queue: values.queue,
+    prefetch: Number(values.prefetch),
+    replyConnection: values["reply-connection"],
+  });
+  console.log(" [x] Awaiting RPC requests");
+  const stop = () => server.close().finally(() => Deno.exit(0));
+  Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGINT", stop);
+}

@@ -1,0 +1,1197 @@
+/**
+ * # bench/rpc_bench.ts: how fast is the RPC pair, and what each part costs
+ *
+ * Starts servers as separate processes, as users run them, drives them from
+ * clients in this process (or in fresh processes where memory and start-up
+ * are measured), and prints one Markdown table per question:
+ *
+ * 1. `throughput`: calls/s at 256 in flight, quorum and classic queue, ours
+ *    against raw amqplib pairs (`bench/raw.ts`) with the same AMQP features,
+ *    with none, and with each feature alone, so each one's price shows;
+ * 2. `sequential`: one call at a time, ours, raw and a pika pair;
+ * 3. `memory`: client RSS over 100,000 pipelined calls, ours and raw;
+ * 4. `cold`: `deno run -A rpc_client.ts 30` against a Python pika client,
+ *    and where a cold run's time goes;
+ * 5. `recovery`: how soon an overloaded server answers a fresh call after a
+ *    burst of calls with short deadlines, skipping late requests or not;
+ * 6. `prefetch`: throughput for fast work and total time for uneven work.
+ *
+ * Every figure comes from paired, interleaved turns (each turn runs every
+ * contender once, in a rotating order), reported as the median with the
+ * spread (min–max) of the turns; a ratio is the median of per-turn ratios.
+ *
+ * ```sh
+ * deno task bench                         # everything, 3 to 4 minutes on a quiet machine
+ * deno task bench --quick                 # fewer and shorter turns, under a minute
+ * deno task bench --only throughput,cold  # some measurements
+ * deno task bench --json                  # the figures as JSON instead of tables
+ * deno run -A bench/rpc_bench.ts --help
+ * ```
+ *
+ * Permissions: `-A` (network to the broker, subprocesses, environment,
+ * temporary files, `Deno.memoryUsage`). It talks to a broker on this machine
+ * only (`--url` or `$AMQP_URL` must name a loopback host). Every loop is
+ * bounded in calls and in time; every queue it declares is deleted, every
+ * process it starts is stopped by its PID, and its temporary files are
+ * removed, also on Ctrl-C.
+ *
+ * @module
+ */
+import process from "node:process";
+import { parseArgs } from "node:util";
+import amqp from "npm:amqplib@^2.3.1";
+import type { Channel, ChannelModel } from "npm:amqplib@^2.3.1";
+import { FibonacciRpcClient } from "../rpc_client.ts";
+import * as serverModule from "../rpc_server.ts";
+import { rawClient } from "./raw.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const PYTHON = "/usr/bin/python3"; // Debian's, which python3-pika installs into
+const PREFETCH = (serverModule as { DEFAULT_PREFETCH?: number }).DEFAULT_PREFETCH ?? 50;
+/** How late past its deadline a request must be for the server to skip it (newer servers). */
+const GRACE_MS = (serverModule as { DEADLINE_GRACE_MS?: number }).DEADLINE_GRACE_MS;
+const MEASUREMENTS = [
+  "throughput",
+  "sequential",
+  "memory",
+  "cold",
+  "recovery",
+  "prefetch",
+] as const;
+type Measurement = typeof MEASUREMENTS[number];
+
+const USAGE = `Usage: deno run -A bench/rpc_bench.ts [options]   (or: deno task bench [options])
+
+Benchmarks the RPC pair against raw amqplib and a Python pika pair; prints Markdown tables.
+
+Options:
+  --quick          fewer and shorter turns (under a minute instead of 3 to 4)
+  --only LIST      comma-separated measurements: ${MEASUREMENTS.join(",")}
+  --json           print the figures as JSON instead of tables
+  --no-python      skip the Python pika rows
+  --url URL        broker, on this machine (default: $AMQP_URL, else amqp://127.0.0.1)
+  -h, --help       show this help`;
+
+/** How much of everything a run does; `--quick` takes the small column. */
+function plan(quick: boolean) {
+  const pick = (full: number, small: number) => (quick ? small : full);
+  return {
+    throughput: { turns: pick(13, 5), calls: pick(1_500, 800), concurrency: 256 },
+    sequential: { turns: pick(9, 3), calls: pick(200, 100) },
+    memory: { turns: pick(2, 1), calls: pick(100_000, 20_000), concurrency: 256 },
+    cold: { turns: pick(10, 4) },
+    recovery: { turns: pick(5, 2), burst: 600, deadlineMs: 300, workMs: 20 },
+    prefetch: { turns: pick(3, 1), fast: pick(2_000, 1_000), uneven: pick(500, 300) },
+  };
+}
+
+interface Settings {
+  url: string;
+  quick: boolean;
+  json: boolean;
+  python: boolean;
+  only: Measurement[];
+  plan: ReturnType<typeof plan>;
+}
+
+type QueueType = "quorum" | "classic";
+type Call = (n: number) => Promise<unknown>;
+interface Contender {
+  call: Call;
+  close(): Promise<void>;
+}
+
+// --- statistics and printing ------------------------------------------------
+
+interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+function percentile(values: number[], p: number): number {
+  const sorted = values.toSorted((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+function spread(values: number[]): Spread {
+  const sorted = values.toSorted((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  const median = sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+  return { median, min: sorted[0], max: sorted[sorted.length - 1] };
+}
+
+/** Per-turn ratios a[i] / b[i], summarized: paired turns cancel shared drift. */
+function ratio(a: number[], b: number[]): Spread {
+  return spread(a.map((value, i) => value / b[i]));
+}
+
+/** `record` with `fn` applied to each value. */
+function mapValues<T, U>(record: Record<string, T>, fn: (value: T, key: string) => U) {
+  return Object.fromEntries(Object.entries(record).map(([key, value]) => [key, fn(value, key)]));
+}
+
+const int = (value: number) => Math.round(value).toLocaleString("en-US");
+const fixed = (digits: number) => (value: number) => value.toFixed(digits);
+const show = (s: Spread, format = int) => `${format(s.median)} (${format(s.min)}–${format(s.max)})`;
+
+let quiet = false; // --json: figures only
+
+function say(line = ""): void {
+  if (!quiet) console.log(line);
+}
+
+/** A Markdown table: the first column left-aligned, the others right-aligned. */
+function table(title: string, header: string[], rows: string[][]): void {
+  const cells = [header, ...rows];
+  const widths = header.map((_, i) => Math.max(3, ...cells.map((row) => row[i].length)));
+  const line = (row: string[]) =>
+    `| ${
+      row.map((cell, i) => (i ? cell.padStart(widths[i]) : cell.padEnd(widths[i]))).join(" | ")
+    } |`;
+  say(`\n${title}\n`);
+  say(line(header));
+  say(`| ${widths.map((w, i) => (i ? "-".repeat(w - 1) + ":" : "-".repeat(w))).join(" | ")} |`);
+  for (const row of rows) say(line(row));
+}
+
+/** The verdicts, collected as measurements run and printed at the end. */
+const verdicts: string[][] = [];
+
+function verdict(target: string, figure: Spread, limit: number, atLeast: boolean): string {
+  const met = atLeast ? figure.median >= limit : figure.median <= limit;
+  verdicts.push([target, show(figure, fixed(2)), met ? "met" : "missed"]);
+  return met ? "met" : "missed";
+}
+
+// --- processes and queues ---------------------------------------------------
+
+/** What a server process runs. `ours` logs as shipped, its stdout going to a file. */
+type ServerKind =
+  | "ours"
+  | "ours-quiet"
+  | "raw"
+  | "raw-reply-connection"
+  | "python"
+  | "slow-skip-late"
+  | "slow-no-skip-late";
+
+interface ServerSpec {
+  kind: ServerKind;
+  type: QueueType;
+  prefetch?: number;
+  count?: number;
+}
+
+/** CPU ms: this process (the clients), the server processes, the broker. */
+interface Cpu {
+  client: number;
+  server: number;
+  broker: number;
+}
+
+interface Running {
+  queue: string;
+  children: Deno.ChildProcess[];
+  log?: string;
+}
+
+/**
+ * The broker connection the benchmark declares, watches and deletes its
+ * queues with, and the processes and files it made, for cleaning up.
+ */
+class Lab {
+  readonly #queues = new Set<string>();
+  readonly #files = new Set<string>();
+  readonly #servers = new Map<string, Running>();
+  #closing: Promise<void> | undefined;
+
+  private constructor(
+    readonly settings: Settings,
+    readonly connection: ChannelModel,
+    readonly channel: Channel,
+    readonly python: { pika: boolean; peerServer: boolean; peerClient: boolean },
+    readonly clockTicks: number,
+    readonly brokerPid: number | undefined,
+  ) {}
+
+  static async open(settings: Settings): Promise<Lab> {
+    const connection = await amqp.connect(settings.url);
+    connection.on("error", (error: Error) => console.error(`rpc_bench: broker: ${error.message}`));
+    const channel = await connection.createChannel();
+    const exists = (file: string) => Deno.stat(`${ROOT}${file}`).then(() => true, () => false);
+    const pika = settings.python && (await run(PYTHON, ["-c", "import pika"], 10_000)).success;
+    const text = async (command: string, args: string[]) =>
+      new TextDecoder().decode((await run(command, args, 10_000).catch(() => null))?.stdout);
+    const port = new URL(settings.url).port || "5672";
+    const listener = await text("ss", ["-ltnpH", `sport = :${port}`]);
+    return new Lab(
+      settings,
+      connection,
+      channel,
+      {
+        pika,
+        peerServer: pika && await exists("interop/peer_server.py"),
+        peerClient: pika && await exists("interop/peer_client.py"),
+      },
+      Number(await text("getconf", ["CLK_TCK"])) || 100,
+      Number(/pid=(\d+)/.exec(listener)?.[1]) || undefined,
+    );
+  }
+
+  /** CPU ms used so far by this process, by the given server processes, and by the broker. */
+  async cpu(pids: number[]): Promise<Cpu> {
+    const { user, system } = process.cpuUsage();
+    const of = async (pid: number) => {
+      try {
+        const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        return ((Number(fields[11]) + Number(fields[12])) * 1000) / this.clockTicks;
+      } catch {
+        return NaN; // not Linux, or the process is gone
+      }
+    };
+    const servers = await Promise.all(pids.map(of));
+    return {
+      client: (user + system) / 1000,
+      server: servers.reduce((sum, ms) => sum + ms, 0),
+      broker: this.brokerPid ? await of(this.brokerPid) : NaN,
+    };
+  }
+
+  get brokerVersion(): string {
+    return String(this.connection.connection.serverProperties.version ?? "?");
+  }
+
+  /** A queue name of ours, deleted by close(); `declare` declares it as the tutorials do. */
+  async queue(label: string, declare?: QueueType): Promise<string> {
+    const queue = `rpc_bench.${label}.${crypto.randomUUID().slice(0, 8)}`;
+    this.#queues.add(queue);
+    if (declare === "quorum") {
+      await this.channel.assertQueue(queue, {
+        durable: true,
+        arguments: { "x-queue-type": "quorum" },
+      });
+    } else if (declare === "classic") {
+      await this.channel.assertQueue(queue, { durable: false });
+    }
+    return queue;
+  }
+
+  /** The servers for `spec`, started on a queue of their own the first time it is asked for. */
+  async server(spec: ServerSpec): Promise<Running> {
+    const key = JSON.stringify(spec);
+    let running = this.#servers.get(key);
+    if (running) return running;
+    const count = spec.count ?? 1;
+    const raw = spec.kind === "raw" || spec.kind === "raw-reply-connection";
+    // Raw servers do not declare; ours and Python's declare their own queue.
+    const queue = await this.queue(`${spec.kind}.${spec.type}`, raw ? spec.type : undefined);
+    running = { queue, children: [] };
+    if (spec.kind === "ours") {
+      running.log = await Deno.makeTempFile({ prefix: "rpc_bench_server_", suffix: ".log" });
+      this.#files.add(running.log);
+    }
+    // One after another: two servers declaring one new quorum queue at once
+    // can crash the broker's channel (a 541 INTERNAL_ERROR on basic.consume).
+    for (let i = 0; i < count; i++) {
+      const [command, args, stdout] = this.#serverCommand(spec, queue, running.log);
+      running.children.push(this.spawn(command, args, { RPC_QUEUE: queue }, stdout));
+      await this.consumers(queue, i + 1, running.children);
+    }
+    this.#servers.set(key, running);
+    return running;
+  }
+
+  #serverCommand(
+    spec: ServerSpec,
+    queue: string,
+    log?: string,
+  ): [string, string[], "null" | "piped"] {
+    const prefetch = String(spec.prefetch ?? PREFETCH);
+    const deno = (...args: string[]) => [Deno.execPath(), "run", "-A", ...args];
+    const ours = ["rpc_server.ts", "--queue", queue, "--prefetch", prefetch];
+    ours.push("--queue-type", spec.type);
+    switch (spec.kind) {
+      case "ours": // as shipped, logging on; `exec` keeps the PID that of Deno
+        return ["/bin/sh", ["-c", 'exec "$@" >"$0"', log!, ...deno(...ours)], "null"];
+      case "ours-quiet":
+        return [Deno.execPath(), deno(...ours, "--quiet").slice(1), "null"];
+      case "raw":
+      case "raw-reply-connection": {
+        const args = deno("bench/raw.ts", "--url", this.settings.url, "--queue", queue);
+        args.push("--prefetch", prefetch);
+        if (spec.kind === "raw-reply-connection") args.push("--reply-connection");
+        return [args[0], args.slice(1), "null"];
+      }
+      case "python":
+        return [PYTHON, ["interop/peer_server.py", "--declare", spec.type], "null"];
+      case "slow-skip-late":
+      case "slow-no-skip-late": {
+        const config = {
+          mode: "slow-server",
+          url: this.settings.url,
+          queue,
+          prefetch: spec.prefetch ?? PREFETCH,
+          workMs: this.settings.plan.recovery.workMs,
+          skipLate: spec.kind === "slow-skip-late",
+        };
+        return [Deno.execPath(), ["run", "-A", "bench/child.ts", JSON.stringify(config)], "piped"];
+      }
+    }
+  }
+
+  /** Starts a process in the repository, tracked so close() can stop it. */
+  spawn(
+    command: string,
+    args: string[],
+    env: Record<string, string>,
+    stdout: "null" | "piped",
+  ): Deno.ChildProcess {
+    if (this.#closing) throw new Error("interrupted"); // nothing new once cleaning up
+    const child = new Deno.Command(command, {
+      args,
+      cwd: ROOT,
+      env: { AMQP_URL: this.settings.url, ...env },
+      stdin: "null",
+      stdout,
+      stderr: "inherit",
+    }).spawn();
+    track(child);
+    return child;
+  }
+
+  /** Waits, up to 30 s, until `count` consumers are on `queue`; fails if a server exits. */
+  async consumers(queue: string, count: number, children: Deno.ChildProcess[]): Promise<void> {
+    let exited = false;
+    for (const child of children) child.status.then(() => (exited = true));
+    const deadline = performance.now() + 30_000;
+    while (performance.now() < deadline && !exited) {
+      // A channel per look: a queue not declared yet (404) closes it.
+      const channel = await this.connection.createChannel();
+      channel.on("error", () => {});
+      const found = await channel.checkQueue(queue).catch(() => ({ consumerCount: -1 }));
+      await channel.close().catch(() => {});
+      if (found.consumerCount >= count) return;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    throw new Error(
+      exited ? `a server for ${queue} exited at start-up` : `no ${count} consumer(s) on ${queue}`,
+    );
+  }
+
+  /** Stops the servers started for `spec`, if any, and returns what they printed. */
+  async stopServer(spec: ServerSpec): Promise<string[]> {
+    const running = this.#servers.get(JSON.stringify(spec));
+    if (!running) return [];
+    this.#servers.delete(JSON.stringify(spec));
+    return await Promise.all(running.children.map((child) => stop(child)));
+  }
+
+  /** Stops every process, deletes every queue and file, closes the connection. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await Promise.all([...children].map((child) => stop(child)));
+      for (const queue of this.#queues) await this.channel.deleteQueue(queue).catch(() => {});
+      for (const file of this.#files) await Deno.remove(file).catch(() => {});
+      await this.connection.close().catch(() => {});
+    })();
+    return this.#closing;
+  }
+}
+
+/** SIGTERM to the child's PID; SIGKILL if it is still there after 10 s. Returns its stdout. */
+async function stop(child: Deno.ChildProcess): Promise<string> {
+  let output = Promise.resolve("");
+  try {
+    output = new Response(child.stdout).text().catch(() => "");
+  } catch { /* its stdout is not piped */ }
+  try {
+    child.kill("SIGTERM");
+  } catch { /* already gone */ }
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone meanwhile */ }
+  }, 10_000);
+  await child.status;
+  clearTimeout(timer);
+  return await output;
+}
+
+/** Runs a command to its end in the repository, killed if it takes longer than `limitMs`. */
+async function run(
+  command: string,
+  args: string[],
+  limitMs: number,
+  env: Record<string, string> = {},
+): Promise<Deno.CommandOutput> {
+  const child = new Deno.Command(command, {
+    args,
+    cwd: ROOT,
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(limitMs),
+  }).spawn();
+  track(child);
+  return await child.output();
+}
+
+/** Every process the benchmark started and that is still running, for Lab.close() to stop. */
+const children = new Set<Deno.ChildProcess>();
+
+function track(child: Deno.ChildProcess): void {
+  children.add(child);
+  child.status.then(() => children.delete(child));
+}
+
+/** Rejects if `promise` takes longer than `ms`: no turn may hang the run. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} took over ${ms / 1000} s`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Our client, every feature on (deadline, expiration, mandatory, confirms where it has them). */
+function connectOurs(lab: Lab, queue: string): Promise<FibonacciRpcClient> {
+  return FibonacciRpcClient.connect({ url: lab.settings.url, queue, replyQueue: "exclusive" });
+}
+
+async function ours(lab: Lab, queue: string): Promise<Contender> {
+  const client = await connectOurs(lab, queue);
+  return { call: (n) => client.call(n), close: () => client.close() };
+}
+
+/** The raw pairs: which features the client uses, and which raw server answers it. */
+const RAW_PAIRS = {
+  "raw, same features": { confirms: true, properties: true, server: "raw-reply-connection" },
+  "raw + confirms": { confirms: true, properties: false, server: "raw" },
+  "raw + expiration, mandatory, x-deadline": { confirms: false, properties: true, server: "raw" },
+  "raw + replies on a 2nd server connection": {
+    confirms: false,
+    properties: false,
+    server: "raw-reply-connection",
+  },
+  "raw, plain": { confirms: false, properties: false, server: "raw" },
+} as const;
+
+/**
+ * Our client against our server (`ours`, logging as shipped, or `ours-quiet`),
+ * and each raw pair, connected, with the servers they talk to.
+ */
+async function contenders(
+  lab: Lab,
+  type: QueueType,
+  kinds: ("ours" | "ours-quiet")[],
+): Promise<Record<string, Contender & { server: Running }>> {
+  const result: Record<string, Contender & { server: Running }> = {};
+  const add = async (
+    name: string,
+    kind: ServerKind,
+    connect: (queue: string) => Promise<Contender>,
+  ) => {
+    const server = await lab.server({ kind, type });
+    result[name] = { ...await connect(server.queue), server };
+  };
+  const names = { ours: "ours (server logging as shipped)", "ours-quiet": "ours, server --quiet" };
+  // Ours right before the raw pair with the same features: in the rotating
+  // order of the turns the two run back to back in all turns but one.
+  await add(names[kinds[0]], kinds[0], (queue) => ours(lab, queue));
+  for (const [name, { server, ...features }] of Object.entries(RAW_PAIRS)) {
+    await add(name, server, (queue) => rawClient({ url: lab.settings.url, queue, ...features }));
+    if (name === "raw, same features") {
+      for (const kind of kinds.slice(1)) await add(names[kind], kind, (queue) => ours(lab, queue));
+    }
+  }
+  return result;
+}
+
+// --- the loops ----------------------------------------------------------------
+
+/** Keeps `concurrency` calls in flight until `calls` are done or `limitMs` passed. */
+async function pipelined(
+  call: Call,
+  concurrency: number,
+  calls: number,
+  limitMs = 60_000,
+  n: () => number = () => 1,
+): Promise<{ callsPerSecond: number; ms: number; calls: number }> {
+  let started = 0, done = 0;
+  const began = performance.now();
+  const deadline = began + limitMs;
+  const work = Promise.all(Array.from({ length: concurrency }, async () => {
+    while (started < calls && performance.now() < deadline) {
+      started++;
+      await call(n());
+      done++;
+    }
+  }));
+  await within(work, limitMs + 30_000, "a pipelined turn");
+  const ms = performance.now() - began;
+  return { callsPerSecond: (1000 * done) / ms, ms, calls: done };
+}
+
+/** One call at a time; the latency of each in ms. */
+async function sequential(call: Call, calls: number, limitMs = 60_000): Promise<number[]> {
+  const samples: number[] = [];
+  const deadline = performance.now() + limitMs;
+  for (let i = 0; i < calls && performance.now() < deadline; i++) {
+    const started = performance.now();
+    await within(call(1), 30_000, "a sequential call");
+    samples.push(performance.now() - started);
+  }
+  return samples;
+}
+
+/**
+ * Runs `turns` turns; in each, every contender once, the order rotating from
+ * turn to turn so that none always goes first. Returns each one's results.
+ */
+async function interleaved<T>(
+  turns: number,
+  contenders: Record<string, () => Promise<T>>,
+): Promise<Record<string, T[]>> {
+  const names = Object.keys(contenders);
+  const results: Record<string, T[]> = Object.fromEntries(names.map((name) => [name, []]));
+  for (let turn = 0; turn < turns; turn++) {
+    for (let i = 0; i < names.length; i++) {
+      const name = names[(i + turn) % names.length];
+      results[name].push(await contenders[name]());
+    }
+  }
+  return results;
+}
+
+// --- the measurements -------------------------------------------------------
+
+const OURS = "ours (server logging as shipped)";
+const QUIET = "ours, server --quiet";
+const PIKA = "pika loop → interop/peer_server.py";
+
+/**
+ * The ratios every pairwise table shows, each the median of per-turn ratios:
+ * ours against the raw pairs (and the pika pair), and each raw feature
+ * against none, which is that feature's price.
+ */
+function pairRatios(perTurn: Record<string, number[]>): Record<string, Spread> {
+  const plain = perTurn["raw, plain"];
+  const ratios: Record<string, Spread> = {
+    "ours / raw, same features": ratio(perTurn[OURS], perTurn["raw, same features"]),
+    "ours / raw, plain": ratio(perTurn[OURS], plain),
+  };
+  if (perTurn[QUIET]) {
+    ratios["ours, server --quiet / raw, same features"] = ratio(
+      perTurn[QUIET],
+      perTurn["raw, same features"],
+    );
+  }
+  if (perTurn[PIKA]) ratios["ours / pika pair"] = ratio(perTurn[OURS], perTurn[PIKA]);
+  for (const name of Object.keys(RAW_PAIRS).filter((name) => name !== "raw, plain")) {
+    ratios[`${name} / raw, plain`] = ratio(perTurn[name], plain);
+  }
+  return ratios;
+}
+
+/** A table of ratios by queue type. */
+function ratioTable(title: string, ratios: Record<string, Record<string, Spread>>): void {
+  table(
+    title,
+    ["ratio", "quorum queue", "classic queue"],
+    Object.keys(ratios.quorum).map((name) => [
+      name,
+      show(ratios.quorum[name], fixed(2)),
+      show(ratios.classic[name], fixed(2)),
+    ]),
+  );
+}
+
+type CpuTotal = Cpu & { calls: number };
+
+/** One pipelined turn, adding the CPU that client, server and broker spent to `total`. */
+async function cpuTurn(
+  lab: Lab,
+  pair: Contender & { server: Running },
+  total: CpuTotal,
+): Promise<number> {
+  const { calls, concurrency } = lab.settings.plan.throughput;
+  const pids = pair.server.children.map((child) => child.pid);
+  const before = await lab.cpu(pids);
+  const turn = await pipelined(pair.call, concurrency, calls);
+  const after = await lab.cpu(pids);
+  for (const key of ["client", "server", "broker"] as const) total[key] += after[key] - before[key];
+  total.calls += turn.calls;
+  return turn.callsPerSecond;
+}
+
+/** Interleaved throughput turns on one queue type: calls/s per turn, and CPU totals. */
+async function throughputOn(lab: Lab, type: QueueType) {
+  const pairs = await contenders(lab, type, ["ours", "ours-quiet"]);
+  const cpu: Record<string, CpuTotal> = {};
+  try {
+    for (const { call } of Object.values(pairs)) {
+      await pipelined(call, 256, Math.min(lab.settings.plan.throughput.calls, 2_000)); // warm-up
+    }
+    const rates = await interleaved(
+      lab.settings.plan.throughput.turns,
+      mapValues(pairs, (pair, name) => {
+        cpu[name] = { client: 0, server: 0, broker: 0, calls: 0 };
+        return () => cpuTurn(lab, pair, cpu[name]);
+      }),
+    );
+    const logged = await Deno.readTextFile(pairs[OURS].server.log!).catch(() => "");
+    return { rates, cpu, logLines: logged.split("\n").length - 1 };
+  } finally {
+    for (const pair of Object.values(pairs)) await pair.close();
+  }
+}
+
+/** 1. Calls/s at 256 in flight: ours against raw pairs with and without each feature. */
+async function throughput(lab: Lab) {
+  const { turns, calls, concurrency } = lab.settings.plan.throughput;
+  const quorum = await throughputOn(lab, "quorum");
+  const classic = await throughputOn(lab, "classic");
+  const both = { quorum, classic };
+  const ratios = { quorum: pairRatios(quorum.rates), classic: pairRatios(classic.rates) };
+  table(
+    `Throughput, fib(1), ${concurrency} calls in flight, one server, prefetch ${PREFETCH}; ` +
+      `calls/s, median (min–max) of ${turns} interleaved turns of ${int(calls)} calls`,
+    ["client → server", "quorum queue", "classic queue"],
+    Object.keys(quorum.rates).map((name) => [
+      name,
+      show(spread(quorum.rates[name])),
+      show(spread(classic.rates[name])),
+    ]),
+  );
+  ratioTable("Throughput ratios, median (min–max) of the per-turn ratios", ratios);
+  const perCall = ({ calls, ...cpu }: CpuTotal) =>
+    (["client", "server", "broker"] as const).map((key) => int((1000 * cpu[key]) / calls));
+  table(
+    "CPU per call in µs, over all turns: client (this process), server (its process), " +
+      "broker (the RabbitMQ node, which anything else using it also loads)",
+    [
+      "client → server",
+      "quorum: client",
+      "server",
+      "broker",
+      "classic: client",
+      "server",
+      "broker",
+    ],
+    Object.keys(quorum.cpu).map((name) => [
+      name,
+      ...perCall(quorum.cpu[name]),
+      ...perCall(classic.cpu[name]),
+    ]),
+  );
+  say(`\n"Same features": requests on a confirm channel with mandatory, expiration and`);
+  say(`x-deadline; replies on a second server connection. Our server's stdout went to a`);
+  say(`file: ${int(quorum.logLines)} lines (quorum), ${int(classic.logLines)} (classic).`);
+  for (const type of ["quorum", "classic"] as const) {
+    const figure = ratios[type]["ours / raw, same features"];
+    verdict(`throughput, ${type}: ours / raw same features >= 0.95`, figure, 0.95, true);
+  }
+  return {
+    turns,
+    calls,
+    concurrency,
+    prefetch: PREFETCH,
+    ratios,
+    ...mapValues(both, ({ rates, cpu }) => ({ callsPerSecond: rates, cpu })),
+  };
+}
+
+/** Sequential calls from the embedded pika loop, in a process of its own; its latencies in ms. */
+async function pythonSequential(lab: Lab, queue: string, calls: number): Promise<number[]> {
+  const output = await run(PYTHON, ["-c", PIKA_SEQUENTIAL], 120_000, {
+    AMQP_URL: lab.settings.url,
+    RPC_QUEUE: queue,
+    CALLS: String(calls),
+  });
+  if (!output.success) {
+    throw new Error(`the pika loop failed: ${new TextDecoder().decode(output.stderr)}`);
+  }
+  return JSON.parse(new TextDecoder().decode(output.stdout));
+}
+
+/** Interleaved sequential turns on one queue type: each turn's latencies, per pair. */
+async function sequentialOn(lab: Lab, type: QueueType): Promise<Record<string, number[][]>> {
+  const { turns, calls } = lab.settings.plan.sequential;
+  const pairs = await contenders(lab, type, ["ours"]);
+  try {
+    const turnsOf: Record<string, () => Promise<number[]>> = {};
+    for (const [name, { call }] of Object.entries(pairs)) {
+      await sequential(call, 50); // warm-up
+      turnsOf[name] = () => sequential(call, calls);
+    }
+    if (lab.python.peerServer) {
+      const { queue } = await lab.server({ kind: "python", type });
+      turnsOf[PIKA] = () => pythonSequential(lab, queue, calls);
+    }
+    return await interleaved(turns, turnsOf);
+  } finally {
+    for (const pair of Object.values(pairs)) await pair.close();
+  }
+}
+
+/** 2. One call at a time: ours, the raw pairs, and the pika pair. */
+async function sequentialLatency(lab: Lab) {
+  const { turns, calls } = lab.settings.plan.sequential;
+  if (!lab.python.peerServer) say("\n(no Python pair: interop/peer_server.py or pika missing)");
+  const rows: string[][] = [];
+  const ratios: Record<string, Record<string, Spread>> = {};
+  const results: Record<string, unknown> = {};
+  for (const type of ["quorum", "classic"] as const) {
+    const samples = await sequentialOn(lab, type);
+    const p50s: Record<string, number[]> = {};
+    for (const [name, perTurn] of Object.entries(samples)) {
+      p50s[name] = perTurn.map((turn) => percentile(turn, 50));
+      const all = perTurn.flat();
+      const mean = all.reduce((sum, ms) => sum + ms, 0) / all.length;
+      const p99 = percentile(all, 99);
+      rows.push([`${name} (${type})`, show(spread(p50s[name]), fixed(3)), p99.toFixed(3)]);
+      rows.at(-1)!.push(mean.toFixed(3), int(1000 / mean));
+      results[`${name} (${type})`] = { p50: spread(p50s[name]), p99, mean };
+    }
+    ratios[type] = pairRatios(p50s);
+  }
+  table(
+    `Sequential fib(1), one server; ms; p50 as median (min–max) of ${turns} interleaved turns ` +
+      `of ${calls} calls, p99 and mean over all`,
+    ["pair (queue)", "p50", "p99", "mean", "calls/s"],
+    rows,
+  );
+  ratioTable("Sequential ratios of p50, median (min–max) of the per-turn ratios", ratios);
+  for (const type of ["quorum", "classic"]) {
+    const figure = ratios[type]["ours / raw, same features"];
+    verdict(`sequential, ${type}: ours / raw same features, p50 <= 1.05`, figure, 1.05, false);
+  }
+  return { turns, calls, ...results, ratios };
+}
+
+/** One client process doing `calls` pipelined calls; its RSS samples. */
+async function memoryRun(lab: Lab, client: string, queue: string) {
+  const { calls, concurrency } = lab.settings.plan.memory;
+  const config = { mode: "memory", url: lab.settings.url, queue, client, calls, concurrency };
+  const args = ["run", "-A", "--v8-flags=--expose-gc", "bench/child.ts", JSON.stringify(config)];
+  const output = await run(Deno.execPath(), args, 330_000);
+  if (!output.success) {
+    throw new Error(`memory run failed: ${new TextDecoder().decode(output.stderr).trim()}`);
+  }
+  const text = new TextDecoder().decode(output.stdout).trim();
+  const lines = text.split("\n").map((line) => JSON.parse(line));
+  return {
+    samples: lines.filter((l) => !l.final) as { calls: number; ms: number; rssMiB: number }[],
+    final: lines.find((l) => l.final) as { heapAfterGcMiB: number; pendingCalls: number },
+  };
+}
+
+/** 3. Client RSS over many pipelined calls, each client in a fresh process. */
+async function memory(lab: Lab) {
+  const { turns, calls, concurrency } = lab.settings.plan.memory;
+  const queues = {
+    ours: (await lab.server({ kind: "ours", type: "quorum" })).queue,
+    "raw-full": (await lab.server({ kind: "raw-reply-connection", type: "quorum" })).queue,
+  };
+  type Client = keyof typeof queues;
+  const runs = await interleaved(
+    turns,
+    mapValues(queues, (queue, client) => () => memoryRun(lab, client, queue)),
+  );
+  const label = { ours: "ours", "raw-full": "raw, same features" };
+  const clients = Object.keys(queues) as Client[];
+  const at = (client: Client, i: number, key: "ms" | "rssMiB") =>
+    spread(runs[client].map((r) => r.samples[Math.min(i, r.samples.length - 1)][key])).median;
+  const rows = runs.ours[0].samples.map(({ calls }, i) => [
+    int(calls),
+    ...clients.flatMap((c) => [at(c, i, "ms") / 1000, at(c, i, "rssMiB")]).map(fixed(1)),
+  ]);
+  table(
+    `Client RSS over ${int(calls)} pipelined calls at ${concurrency} in flight, quorum queue, ` +
+      `each client in a fresh process; MiB, median of ${turns} interleaved run(s)`,
+    ["calls done", ...clients.flatMap((c) => [`${label[c]}: s`, "RSS"])],
+    rows,
+  );
+  const heap = (c: Client) => show(spread(runs[c].map((r) => r.final.heapAfterGcMiB)), fixed(1));
+  const pending = runs.ours.map((r) => r.final.pendingCalls).join(", ");
+  say(`\nHeap after a forced GC at the end (MiB): ours ${heap("ours")}, raw ${heap("raw-full")};`);
+  say(`calls still pending in ours: ${pending}.`);
+  const finalRss = (c: Client) => runs[c].map((r) => r.samples.at(-1)!.rssMiB);
+  const oursOverRaw = ratio(finalRss("ours"), finalRss("raw-full"));
+  say(`RSS after ${int(calls)} calls, ours / raw same features: ${show(oursOverRaw, fixed(2))}.`);
+  verdict(`memory: ours / raw RSS after ${int(calls)} calls <= 1.2`, oursOverRaw, 1.2, false);
+  return { turns, calls, concurrency, runs, oursOverRaw };
+}
+
+/** One cold run: wall time, and the child's phase stamps if it prints them. */
+async function coldRun(command: string, args: string[], env: Record<string, string>) {
+  const spawned = performance.timeOrigin + performance.now();
+  const output = await run(command, args, 30_000, env);
+  const ended = performance.timeOrigin + performance.now();
+  if (!output.success) {
+    throw new Error(`${command} ${args[0]} failed: ${new TextDecoder().decode(output.stderr)}`);
+  }
+  const text = new TextDecoder().decode(output.stdout).trim();
+  const stamps: [string, number][] = text.startsWith("[[") ? JSON.parse(text) : [];
+  const phases: Record<string, number> = {};
+  let previous = spawned;
+  for (const [phase, at] of stamps) {
+    phases[phase] = at - previous;
+    previous = at;
+  }
+  if (stamps.length) phases["process exit"] = ended - previous;
+  return { ms: ended - spawned, phases };
+}
+
+const CLI = "deno run -A rpc_client.ts 30";
+const PEER_CLIENT = "python3 interop/peer_client.py 30";
+
+/** The cold-start commands, by name: ours, the stamped children, and the Python clients. */
+function coldCommands(lab: Lab, queue: string): Record<string, [string, string[]]> {
+  const child = (mode: string) => JSON.stringify({ mode, url: lab.settings.url, queue });
+  const deno = (...args: string[]): [string, string[]] => [Deno.execPath(), ["run", "-A", ...args]];
+  const commands: Record<string, [string, string[]]> = {
+    [CLI]: deno("rpc_client.ts", "--queue", queue, "30"),
+    "deno run -A bench/child.ts cold (ours, stamped)": deno("bench/child.ts", child("cold")),
+    "deno run -A bench/child.ts cold-raw (amqplib, stamped)": deno(
+      "bench/child.ts",
+      child("cold-raw"),
+    ),
+  };
+  if (lab.python.peerClient) {
+    const args = ["interop/peer_client.py", "30", "--declare", "none", "--reply", "exclusive"];
+    commands[PEER_CLIENT] = [PYTHON, args];
+  } else {
+    say("\n(no Python client row: interop/peer_client.py or python3-pika missing)");
+  }
+  if (lab.python.pika) commands["python3 -c <pika, stamped>"] = [PYTHON, ["-c", PIKA_COLD]];
+  return commands;
+}
+
+/** 4. A cold `deno run -A rpc_client.ts 30` against a Python pika client, and its phases. */
+async function coldStart(lab: Lab) {
+  const { turns } = lab.settings.plan.cold;
+  const { queue } = await lab.server({ kind: "ours", type: "quorum" });
+  const env = { AMQP_URL: lab.settings.url, RPC_QUEUE: queue };
+  const commands = coldCommands(lab, queue);
+  const runs = await interleaved(
+    turns + 1, // the first turn warms Deno's caches and the server; it is dropped below
+    mapValues(commands, ([command, args]) => () => coldRun(command, args, env)),
+  );
+  for (const list of Object.values(runs)) list.shift();
+  const wall = mapValues(runs, (list) => list.map((r) => r.ms));
+  table(
+    `Cold start: one call from a new process against a running server (quorum queue); wall ms, ` +
+      `median (min–max) of ${turns} interleaved runs`,
+    ["command", "wall ms"],
+    Object.entries(wall).map(([name, ms]) => [name, show(spread(ms), fixed(1))]),
+  );
+  const results: Record<string, unknown> = { turns, wallMs: mapValues(wall, spread) };
+  if (wall[PEER_CLIENT]) {
+    const oursOverPython = results.oursOverPython = ratio(wall[CLI], wall[PEER_CLIENT]);
+    say(`\nrpc_client.ts / peer_client.py, cold, per turn: ${show(oursOverPython, fixed(2))}`);
+  }
+  for (const [name, list] of Object.entries(runs)) {
+    if (list[0].phases["process exit"] === undefined) continue; // a command without stamps
+    const phases = mapValues(
+      list[0].phases,
+      (_, phase) => spread(list.map((r) => r.phases[phase])),
+    );
+    table(
+      `Where the time goes: ${name}; ms per phase, median (min–max)`,
+      ["phase (ends when)", "ms"],
+      Object.entries(phases).map(([phase, figure]) => [phase, show(figure, fixed(1))]),
+    );
+    results[name] = phases;
+  }
+  say(`\n"deno started": from spawn to the first statement of bench/child.ts (no static imports).`);
+  return results;
+}
+
+/** One overload: a burst of short-deadline calls, then the time until a fresh call is answered. */
+async function overloadOnce(client: FibonacciRpcClient, burst: number, deadlineMs: number) {
+  const calls = Array.from({ length: burst }, () => client.call(1, { timeout: deadlineMs }));
+  const outcomes = await within(Promise.allSettled(calls), deadlineMs + 60_000, "a burst");
+  const burstEnded = performance.now();
+  await client.call(1, { timeout: 60_000 });
+  return {
+    ms: performance.now() - burstEnded,
+    answered: outcomes.filter((o) => o.status === "fulfilled").length,
+  };
+}
+
+/** 5. Recovery after overload, skipping late requests (the default) or not. */
+async function recovery(lab: Lab) {
+  const { turns, burst, deadlineMs, workMs } = lab.settings.plan.recovery;
+  const specs: Record<string, ServerSpec> = {
+    "skip late requests (default)": { kind: "slow-skip-late", type: "quorum" },
+    "compute every request (skipLate: false)": { kind: "slow-no-skip-late", type: "quorum" },
+  };
+  const clients: Record<string, FibonacciRpcClient> = {};
+  try {
+    for (const [name, spec] of Object.entries(specs)) {
+      clients[name] = await connectOurs(lab, (await lab.server(spec)).queue);
+      await clients[name].call(1); // warm-up
+    }
+    const runs = await interleaved(
+      turns,
+      mapValues(clients, (client) => () => overloadOnce(client, burst, deadlineMs)),
+    );
+    const printed: string[] = [];
+    for (const spec of Object.values(specs)) printed.push(...await lab.stopServer(spec));
+    table(
+      `Recovery from overload: ${burst} calls with ${deadlineMs} ms deadlines at once against one ` +
+        `server (prefetch ${PREFETCH}, ${workMs} ms of CPU per request, quorum queue), then a ` +
+        `fresh call; ms from the burst's end to its answer, median (min–max) of ${turns} turns`,
+      ["server", "recovery ms", "burst calls answered"],
+      Object.entries(runs).map(([name, list]) => [
+        name,
+        show(spread(list.map((r) => r.ms)), fixed(1)),
+        show(spread(list.map((r) => r.answered))),
+      ]),
+    );
+    const [skipping, computing] = Object.values(runs).map((list) => list.map((r) => r.ms));
+    const slower = ratio(computing, skipping);
+    say(`\nRecovery, computing every request / skipping late ones: ${show(slower, fixed(1))}`);
+    if (GRACE_MS !== undefined) {
+      say(`(The server skips a request once its deadline is ${GRACE_MS} ms past, not sooner.)`);
+    }
+    const counts = printed.map((text) => text.trim().split("\n").at(-1)).join("; ");
+    say(`Server counts at exit (answered, skipped): ${counts}`);
+    return { turns, burst, deadlineMs, workMs, runs, ratio: slower };
+  } finally {
+    for (const client of Object.values(clients)) await client.close();
+  }
+}
+
+/** 6. Prefetch: calls/s for fast work and total time for uneven work, 2 servers. */
+async function prefetch(lab: Lab) {
+  const { turns, fast, uneven } = lab.settings.plan.prefetch;
+  const values = [1, 10, 50, 250];
+  const specs = values.map((p): ServerSpec => ({
+    kind: "ours-quiet",
+    type: "quorum",
+    prefetch: p,
+    count: 2,
+  }));
+  const clients: Record<string, FibonacciRpcClient> = {};
+  try {
+    for (const [i, spec] of specs.entries()) {
+      const client = clients[values[i]] = await connectOurs(lab, (await lab.server(spec)).queue);
+      await pipelined((n) => client.call(n), 64, 500); // warm-up
+    }
+    const runs = await interleaved(
+      turns,
+      mapValues(clients, (client) => async () => {
+        let i = 0;
+        const alternate = () => (i++ % 2 === 0 ? 10_000 : 1);
+        const call = (n: number) => client.call(n);
+        return {
+          fast: (await pipelined(call, 256, fast)).callsPerSecond,
+          unevenMs: (await pipelined(call, 256, uneven, 60_000, alternate)).ms,
+        };
+      }),
+    );
+    table(
+      `Prefetch, two of our servers (--quiet), quorum queue, 256 in flight; median (min–max) ` +
+        `of ${turns} turn(s): fib(1) calls/s over ${int(fast)} calls, and ms for ${int(uneven)} ` +
+        `calls alternating fib(10000) (about 1 ms) and fib(1)`,
+      ["prefetch", "fast calls/s", "uneven ms"],
+      values.map((p) => [
+        String(p),
+        show(spread(runs[p].map((r) => r.fast))),
+        show(spread(runs[p].map((r) => r.unevenMs))),
+      ]),
+    );
+    return { turns, fast, uneven, runs };
+  } finally {
+    for (const client of Object.values(clients)) await client.close();
+    for (const spec of specs) await lab.stopServer(spec);
+  }
+}
+
+// --- Python, written for this benchmark -------------------------------------
+
+/** Sequential fib(1) calls over one pika connection; prints the latencies (ms) as JSON. */
+const PIKA_SEQUENTIAL = `
+import json, os, time, uuid, pika
+connection = pika.BlockingConnection(pika.URLParameters(os.environ["AMQP_URL"]))
+channel = connection.channel()
+callback = channel.queue_declare("", exclusive=True).method.queue
+got = set()
+channel.basic_consume(callback, lambda _c, _d, p, _b: got.add(p.correlation_id), auto_ack=True)
+def call():
+    ticket = str(uuid.uuid4())
+    channel.basic_publish("", os.environ["RPC_QUEUE"], b"1",
+                          pika.BasicProperties(reply_to=callback, correlation_id=ticket))
+    give_up = time.monotonic() + 30
+    while ticket not in got and time.monotonic() < give_up:
+        connection.process_data_events(time_limit=None)
+    got.discard(ticket)
+for _ in range(50):
+    call()
+samples = []
+for _ in range(int(os.environ["CALLS"])):
+    started = time.perf_counter()
+    call()
+    samples.append((time.perf_counter() - started) * 1000)
+connection.close()
+print(json.dumps(samples))
+`;
+
+/** One cold fib(30) call with pika, stamping each phase in ms since the epoch, as JSON. */
+const PIKA_COLD = `
+import time
+stamps = [["python started", time.time() * 1000]]
+import json, os, uuid, pika
+stamps.append(["pika loaded", time.time() * 1000])
+connection = pika.BlockingConnection(pika.URLParameters(os.environ["AMQP_URL"]))
+stamps.append(["TCP connect and AMQP handshake", time.time() * 1000])
+channel = connection.channel()
+stamps.append(["channel opened", time.time() * 1000])
+callback = channel.queue_declare("", exclusive=True).method.queue
+stamps.append(["callback queue declared", time.time() * 1000])
+ticket = str(uuid.uuid4())
+got = []
+channel.basic_consume(callback, lambda _c, _d, p, _b: got.append(p.correlation_id), auto_ack=True)
+stamps.append(["consumer started", time.time() * 1000])
+channel.basic_publish("", os.environ["RPC_QUEUE"], b"30",
+                      pika.BasicProperties(reply_to=callback, correlation_id=ticket))
+give_up = time.monotonic() + 30
+while ticket not in got and time.monotonic() < give_up:
+    connection.process_data_events(time_limit=None)
+stamps.append(["call answered", time.time() * 1000])
+connection.close()
+stamps.append(["connection closed", time.time() * 1000])
+print(json.dumps(stamps))
+`;
+
+// --- the run ----------------------------------------------------------------
+
+/** Reads the command line; a bad one is a one-line error (exit 2), --help the usage (exit 0). */
+function settingsFrom(args: string[]): Settings {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        quick: { type: "boolean", default: false },
+        json: { type: "boolean", default: false },
+        "no-python": { type: "boolean", default: false },
+        only: { type: "string" },
+        url: { type: "string" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }));
+  } catch (error) {
+    fail((error as Error).message);
+  }
+  if (values.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  const only = (values.only?.split(",") ?? [...MEASUREMENTS]) as Measurement[];
+  const unknown = only.filter((name) => !MEASUREMENTS.includes(name));
+  if (unknown.length) {
+    fail(`unknown measurement "${unknown[0]}"; choose from ${MEASUREMENTS.join(",")}`);
+  }
+  const url = values.url ?? Deno.env.get("AMQP_URL") ?? "amqp://127.0.0.1";
+  let host = "";
+  try {
+    host = new URL(url).hostname;
+  } catch { /* reported below */ }
+  if (!/^(127\.\d+\.\d+\.\d+|localhost|\[::1\])$/.test(host)) {
+    fail(`--url must be an amqp:// URL of a broker on this machine (loopback), got "${url}"`);
+  }
+  return {
+    url,
+    quick: values.quick,
+    json: values.json,
+    python: !values["no-python"],
+    only,
+    plan: plan(values.quick),
+  };
+}
+
+function fail(message: string): never {
+  console.error(`rpc_bench: ${message} (see --help)`);
+  Deno.exit(2);
+}
+
+async function describeMachine(lab: Lab): Promise<string> {
+  const pika = lab.python.pika
+    ? new TextDecoder().decode(
+      (await run(PYTHON, [
+        "-c",
+        "import sys, pika; print(sys.version.split()[0], pika.__version__)",
+      ], 10_000))
+        .stdout,
+    ).trim().replace(" ", ", pika ")
+    : "no pika";
+  const os = await Deno.readTextFile("/etc/debian_version").then(
+    (v) => `Debian ${v.trim()}`,
+    () => Deno.build.os,
+  );
+  return `${new Date().toISOString().slice(0, 16)}Z; ${navigator.hardwareConcurrency} cores, ` +
+    `${
+      (Deno.systemMemoryInfo().total / 2 ** 30).toFixed(0)
+    } GiB, ${os}; RabbitMQ ${lab.brokerVersion} ` +
+    `on this machine; Deno ${Deno.version.deno}; amqplib 2.3.1; Python ${pika}`;
+}
+
+async function main(settings: Settings): Promise<void> {
+  quiet = settings.json;
+  const measures: Record<Measurement, (lab: Lab) => Promise<unknown>> = {
+    throughput,
+    sequential: sequentialLatency,
+    memory,
+    cold: coldStart,
+    recovery,
+    prefetch,
+  };
+  const lab = await Lab.open(settings);
+  const interrupt = () => {
+    console.error("rpc_bench: interrupted; stopping servers and deleting queues");
+    lab.close().finally(() => Deno.exit(130));
+  };
+  Deno.addSignalListener("SIGINT", interrupt);
+  const began = performance.now();
+  const results: Record<string, unknown> = { machine: await describeMachine(lab) };
+  const failures: string[] = [];
+  try {
+    say(`rpc_bench ${Deno.args.join(" ")}`.trim());
+    say(results.machine as string);
+    if (settings.python && !lab.python.pika) {
+      say("(no python3-pika at /usr/bin/python3: no Python rows)");
+    }
+    for (const name of settings.only) {
+      // One measurement failing (a shared, busy broker) does not lose the others.
+      results[name] = await measures[name](lab).catch((error: Error) => {
+        failures.push(`${name}: ${error.message}`);
+        say(`\n${name}: FAILED: ${error.message}`);
+        return { failed: error.message };
+      });
+    }
+    if (verdicts.length) table("Targets", ["target", "median (min–max)", "verdict"], verdicts);
+    say(`\nTook ${((performance.now() - began) / 1000).toFixed(0)} s.`);
+  } finally {
+    Deno.removeSignalListener("SIGINT", interrupt);
+    await lab.close();
+  }
+  if (settings.json) console.log(JSON.stringify({ ...results, verdicts }, null, 2));
+  if (failures.length) throw new Error(`failed: ${failures.join("; ")}`);
+}
+
+if (import.meta.main) {
+  await main(settingsFrom(Deno.args)).catch((error) => {
+    console.error(`rpc_bench: ${error instanceof Error ? error.message : error}`);
+    Deno.exit(1);
+  });
+}
