@@ -44,36 +44,6 @@ export class FibonacciRpcClient implements AsyncDisposable {
   readonly queue: string;
   /** The `connection_name` it shows the broker (`rabbitmqctl list_connections`). */
   readonly connectionName: string;
-  /** Calls waiting for their reply, by correlation id. */
-  readonly #pending = new Map<string, PendingCall>();
-  #connection?: RecoveringChannelModel;
-  /** The channel of the current connection; undefined while reconnecting. */
-  #channel?: ConfirmChannel;
-  #callbackQueue = "";
-  readonly #options: Required<Omit<ClientOptions, "url" | "trace" | "log">>;
-  readonly #urls: readonly URL[];
-  readonly #trace?: (line: string) => void;
-  readonly #log: (line: string) => void;
-  readonly #deadlines = new DeadlineSweep((calls) => this.#onDeadline(calls));
-  #lastDiagnosis?: { at: number; finding: Promise<NoReplyDiagnosis> };
-  #droppedReplies = 0;
-  #closed = false;
-
-  private constructor(options: ClientOptions) {
-    const url = options.url ?? Deno.env.get("AMQP_URL") ?? "amqp://localhost";
-    this.#urls = parseBrokerUrls(url, "the broker URL");
-    this.queue = options.queue ?? "rpc_queue";
-    this.#options = {
-      queue: this.queue,
-      timeout: checkTimeout(options.timeout ?? DEFAULT_TIMEOUT_MS),
-      replyQueue: options.replyQueue ?? "exclusive",
-      retry: options.retry ?? false,
-      maxReplyBytes: options.maxReplyBytes ?? DEFAULT_MAX_REPLY_BYTES,
-    };
-    this.#trace = options.trace;
-    this.#log = options.log ?? ignoreError;
-    this.connectionName = `rpc_client ${crypto.randomUUID().slice(0, 8)}`;
-  }
 
   /**
    * Step 1: connect, then set up the callback queue. Fails at once, with a
@@ -197,6 +167,38 @@ export class FibonacciRpcClient implements AsyncDisposable {
 
   // ─── Part 2: what the tutorial leaves open ─────────────────────────────────
   // (the methods here; the functions and types they use follow the class)
+
+  // The client's state, set from its options (ClientOptions, below).
+  /** Calls waiting for their reply, by correlation id. */
+  readonly #pending = new Map<string, PendingCall>();
+  #connection?: RecoveringChannelModel;
+  /** The channel of the current connection; undefined while reconnecting. */
+  #channel?: ConfirmChannel;
+  #callbackQueue = "";
+  readonly #options: Required<Omit<ClientOptions, "url" | "trace" | "log">>;
+  readonly #urls: readonly URL[];
+  readonly #trace?: (line: string) => void;
+  readonly #log: (line: string) => void;
+  readonly #deadlines = new DeadlineSweep((calls) => this.#onDeadline(calls));
+  #lastDiagnosis?: { at: number; finding: Promise<NoReplyDiagnosis> };
+  #droppedReplies = 0;
+  #closed = false;
+
+  private constructor(options: ClientOptions) {
+    const url = options.url ?? Deno.env.get("AMQP_URL") ?? "amqp://localhost";
+    this.#urls = parseBrokerUrls(url, "the broker URL");
+    this.queue = options.queue ?? "rpc_queue";
+    this.#options = {
+      queue: this.queue,
+      timeout: checkTimeout(options.timeout ?? DEFAULT_TIMEOUT_MS),
+      replyQueue: options.replyQueue ?? "exclusive",
+      retry: options.retry ?? false,
+      maxReplyBytes: options.maxReplyBytes ?? DEFAULT_MAX_REPLY_BYTES,
+    };
+    this.#trace = options.trace;
+    this.#log = options.log ?? ignoreError;
+    this.connectionName = `rpc_client ${crypto.randomUUID().slice(0, 8)}`;
+  }
 
   /** Bad calls, refused before anything is sent. */
   #refuse(n: number, options: CallOptions): unknown {

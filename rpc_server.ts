@@ -60,43 +60,6 @@ export class RpcServer implements AsyncDisposable {
   readonly queue: string;
   /** The `connection_name` it shows the broker (`rabbitmqctl list_connections`). */
   readonly connectionName: string;
-  readonly #urls: readonly URL[];
-  readonly #prefetch: number;
-  readonly #queueType: "quorum" | "classic";
-  readonly #handler: (n: number) => bigint | Promise<bigint>;
-  readonly #skipLate: boolean;
-  readonly #log: RateLimitedLog;
-  /** The connection requests come in on, and the one replies go out on. */
-  #requests?: RecoveringChannelModel;
-  #replies?: RecoveringChannelModel;
-  #consumer?: { channel: Channel; consumerTag: string };
-  #replyChannel?: Channel;
-  /** Resolves when the next reply channel opens. */
-  #replyChannelBack = Promise.withResolvers<void>();
-  /** Requests that came while an async handler worked on another. */
-  readonly #backlog: { channel: Channel; message: ConsumeMessage }[] = [];
-  #working = false;
-  /** Async work that close() waits for. */
-  readonly #inProgress = new Set<Promise<void>>();
-  #answered = 0;
-  #skipped = 0;
-  #stopping = false;
-  #closing?: Promise<void>;
-
-  private constructor(options: ServerOptions) {
-    const url = options.url ?? Deno.env.get("AMQP_URL") ?? "amqp://localhost";
-    this.#urls = parseBrokerUrls(url, "the broker URL");
-    this.queue = options.queue ?? "rpc_queue";
-    this.#prefetch = options.prefetch ?? DEFAULT_PREFETCH;
-    if (!isPrefetch(this.#prefetch)) {
-      throw new RangeError(`prefetch must be ${PREFETCH_RULE}, got ${this.#prefetch}`);
-    }
-    this.#queueType = options.queueType ?? "quorum";
-    this.#handler = options.handler ?? fib;
-    this.#skipLate = options.skipLate ?? true;
-    this.#log = new RateLimitedLog(options.log === undefined ? console.log : options.log);
-    this.connectionName = `rpc_server ${this.queue} ${crypto.randomUUID().slice(0, 8)}`;
-  }
 
   /**
    * Step 1: connect, then declare the queue, set prefetch and consume. A
@@ -218,6 +181,45 @@ export class RpcServer implements AsyncDisposable {
 
   // ─── Part 2: what the tutorial leaves open ─────────────────────────────────
   // (the methods here; the functions they call follow the class)
+
+  // The server's state, set from its options (ServerOptions, below).
+  readonly #urls: readonly URL[];
+  readonly #prefetch: number;
+  readonly #queueType: "quorum" | "classic";
+  readonly #handler: (n: number) => bigint | Promise<bigint>;
+  readonly #skipLate: boolean;
+  readonly #log: RateLimitedLog;
+  /** The connection requests come in on, and the one replies go out on. */
+  #requests?: RecoveringChannelModel;
+  #replies?: RecoveringChannelModel;
+  #consumer?: { channel: Channel; consumerTag: string };
+  #replyChannel?: Channel;
+  /** Resolves when the next reply channel opens. */
+  #replyChannelBack = Promise.withResolvers<void>();
+  /** Requests that came while an async handler worked on another. */
+  readonly #backlog: { channel: Channel; message: ConsumeMessage }[] = [];
+  #working = false;
+  /** Async work that close() waits for. */
+  readonly #inProgress = new Set<Promise<void>>();
+  #answered = 0;
+  #skipped = 0;
+  #stopping = false;
+  #closing?: Promise<void>;
+
+  private constructor(options: ServerOptions) {
+    const url = options.url ?? Deno.env.get("AMQP_URL") ?? "amqp://localhost";
+    this.#urls = parseBrokerUrls(url, "the broker URL");
+    this.queue = options.queue ?? "rpc_queue";
+    this.#prefetch = options.prefetch ?? DEFAULT_PREFETCH;
+    if (!isPrefetch(this.#prefetch)) {
+      throw new RangeError(`prefetch must be ${PREFETCH_RULE}, got ${this.#prefetch}`);
+    }
+    this.#queueType = options.queueType ?? "quorum";
+    this.#handler = options.handler ?? fib;
+    this.#skipLate = options.skipLate ?? true;
+    this.#log = new RateLimitedLog(options.log === undefined ? console.log : options.log);
+    this.connectionName = `rpc_server ${this.queue} ${crypto.randomUUID().slice(0, 8)}`;
+  }
 
   /**
    * An existing queue with other settings: the declare fails with 406
