@@ -175,7 +175,7 @@ export class FibonacciRpcClient implements AsyncDisposable {
   /** The channel of the current connection; undefined while reconnecting. */
   #channel?: ConfirmChannel;
   #callbackQueue = "";
-  readonly #options: Required<Omit<ClientOptions, "url" | "trace" | "log">>;
+  readonly #options: Required<Omit<ClientOptions, "url" | "queue" | "trace" | "log">>;
   readonly #urls: readonly URL[];
   readonly #trace?: (line: string) => void;
   readonly #log: (line: string) => void;
@@ -189,12 +189,15 @@ export class FibonacciRpcClient implements AsyncDisposable {
     this.#urls = parseBrokerUrls(url, "the broker URL");
     this.queue = options.queue ?? "rpc_queue";
     this.#options = {
-      queue: this.queue,
       timeout: checkTimeout(options.timeout ?? DEFAULT_TIMEOUT_MS),
       replyQueue: options.replyQueue ?? "exclusive",
       retry: options.retry ?? false,
       maxReplyBytes: options.maxReplyBytes ?? DEFAULT_MAX_REPLY_BYTES,
     };
+    const { maxReplyBytes } = this.#options;
+    if (!Number.isSafeInteger(maxReplyBytes) || maxReplyBytes < 1) {
+      throw new RangeError(`maxReplyBytes must be a positive whole number, got ${maxReplyBytes}`);
+    }
     this.#trace = options.trace;
     this.#log = options.log ?? ignoreError;
     this.connectionName = `rpc_client ${crypto.randomUUID().slice(0, 8)}`;

@@ -1249,6 +1249,10 @@ Deno.test("a reply larger than the client accepts fails with bad-reply, unread",
     maxReplyBytes: 6,
   });
   await assert.rejects(strict.call(3), { code: "bad-reply" });
+  await assert.rejects(
+    FibonacciRpcClient.connect({ url: URL, queue: broker.queue, maxReplyBytes: 0 }),
+    { name: "RangeError", message: "maxReplyBytes must be a positive whole number, got 0" },
+  );
 });
 
 Deno.test("an overloaded server skips requests whose callers gave up, and catches up at once", async () => {
