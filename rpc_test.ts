@@ -1126,6 +1126,29 @@ Deno.test("a broker that vanishes mid-call fails the call with connection-lost, 
   assert.ok(logged.some((line) => line.includes("broke off")), logged.join("\n"));
 });
 
+Deno.test("a call with retry waits for the broker, but never past its deadline", async () => {
+  await using broker = await openBroker();
+  await using proxy = startProxy();
+  await using _server = await RpcServer.start({ url: URL, queue: broker.queue, ...quiet });
+  await using client = await FibonacciRpcClient.connect({ url: proxy.url, queue: broker.queue });
+  assert.equal(await client.call(4), 3n);
+  proxy.cut(); // and never restored: the client cannot reconnect
+  await waitFor("the client to notice", async () => {
+    const error = await client.call(1).catch((error) => error);
+    return error instanceof RpcError && error.code === "connection-lost";
+  });
+  const started = performance.now();
+  await assert.rejects(client.call(5, { retry: true, timeout: 500 }), (error: RpcError) => {
+    assert.equal(error.code, "timeout");
+    assert.equal(error.diagnosis?.cause, "disconnected");
+    assert.match(error.message, /the connection to the broker was lost meanwhile/);
+    return true;
+  });
+  const waited = performance.now() - started;
+  assert.ok(waited >= 450 && waited < 1_500, `rejected at its deadline: ${waited} ms`);
+  assert.equal(client.pendingCalls, 0);
+});
+
 Deno.test("a server whose broker vanishes mid-request reconnects and the request is answered", async () => {
   await using broker = await openBroker();
   await using proxy = startProxy();
