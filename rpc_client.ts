@@ -70,7 +70,8 @@ export class FibonacciRpcClient implements AsyncDisposable {
     channel.on("return", (message: Message) => this.#onReturn(message));
     // Step 2: the callback queue. The tutorial's is exclusive and
     // server-named: the broker picks the name, and deletes the queue when
-    // this connection ends. Direct reply-to needs no queue at all (Part 2).
+    // this connection ends. Direct reply-to needs no queue at all (see
+    // ClientOptions.replyQueue for what it costs on a cluster).
     const callbackQueue = this.#options.replyQueue === "exclusive"
       ? (await channel.assertQueue("", { exclusive: true })).queue
       : DIRECT_REPLY_TO;
