@@ -587,11 +587,9 @@ function readReply(call: PendingCall, message: Message, maxReplyBytes: number): 
       `fib(${call.n}): the reply has ${content.length} bytes, more than the ${maxReplyBytes} accepted`,
     );
   }
-  if (properties.type !== "error" && isAsciiDigits(content)) {
-    return BigInt(content.toString("latin1"));
-  }
+  if (properties.type === "error") return new RpcError("remote", content.toString("utf8"));
+  if (isAsciiDigits(content)) return BigInt(content.toString("latin1"));
   const body = content.toString("utf8");
-  if (properties.type === "error") return new RpcError("remote", body);
   const digits = body.trim(); // white space around the digits is fine too
   if (/^\d+$/.test(digits)) return BigInt(digits);
   return new RpcError(
