@@ -930,6 +930,7 @@ async function openConnection(
       initialMaxRetries: brokers.urls.length - 1, // each URL once, then give up
       calculateDelay: brokers.nextDelay,
       setup: async (model: ChannelModel) => {
+        coalesceWrites(model);
         if (started || brokers.urls.length > 1) log(` [x] Connected to ${redact(brokers.current)}`);
         await setup(model);
       },
@@ -958,6 +959,37 @@ async function openConnection(
   brokers.connected();
   return connection;
 }
+
+/**
+ * Many frames, one write. amqplib hands the socket each AMQP frame on its
+ * own, and each becomes a system call of its own: at load, one per request,
+ * per reply and per ack, and most of the CPU a server spends. Corking the
+ * socket at the first write of a task and uncorking it as soon as that task
+ * is done (a microtask) sends the frames of a whole burst in one write; no
+ * frame waits for a later task. The socket is amqplib's own (not part of
+ * its typed API): if a later amqplib hides it, frames go out one by one again.
+ */
+function coalesceWrites(model: ChannelModel): void {
+  const socket = (model.connection as { stream?: Partial<Socket> }).stream;
+  if (!socket?.write || !socket.cork || !socket.uncork) return;
+  const { write, cork, uncork } = socket as Socket;
+  let corked = false;
+  const flush = () => {
+    corked = false;
+    uncork.call(socket);
+  };
+  socket.write = (...args: unknown[]) => {
+    if (!corked) {
+      corked = true;
+      cork.call(socket);
+      queueMicrotask(flush);
+    }
+    return write.apply(socket, args);
+  };
+}
+
+/** The part of a Node socket that coalesceWrites uses. */
+type Socket = { write(...args: unknown[]): boolean; cork(): void; uncork(): void };
 // ─── end of Part 4 ─────────────────────────────────────────────────────────
 
 // The command line starts here, at the end, once every class above exists.

@@ -376,6 +376,63 @@ function startProxy() {
   };
 }
 
+/**
+ * A TCP proxy to the broker in a process of its own, printing the size of
+ * each read from the client's side: how many writes the client's bytes came
+ * in. (In the test's own process its reads would wait for the client's
+ * writes to finish, and merge them.)
+ */
+async function startCountingProxy() {
+  const code = `
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    console.log(listener.addr.port);
+    for await (const client of listener) {
+      const broker = await Deno.connect({ hostname: "127.0.0.1", port: 5672 });
+      broker.readable.pipeTo(client.writable).catch(() => {});
+      const writer = broker.writable.getWriter();
+      const buffer = new Uint8Array(1 << 20);
+      (async () => {
+        for (let n; (n = await client.read(buffer).catch(() => null)) !== null;) {
+          console.log(n);
+          await writer.write(buffer.slice(0, n));
+        }
+        writer.close().catch(() => {});
+      })();
+    }`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const lines: string[] = [];
+  let partial = "";
+  const decoder = new TextDecoder();
+  const reading = child.stdout.pipeTo(
+    new WritableStream({
+      write(chunk) {
+        const text = partial + decoder.decode(chunk, { stream: true });
+        const complete = text.split("\n");
+        partial = complete.pop()!;
+        lines.push(...complete);
+      },
+    }),
+  );
+  await waitFor("the counting proxy to listen", () => lines.length > 0);
+  return {
+    url: `amqp://guest:guest@127.0.0.1:${lines[0]}`,
+    /** The sizes of the reads so far, from the client's side. */
+    get reads() {
+      return lines.slice(1).map(Number);
+    },
+    async [Symbol.asyncDispose]() {
+      child.kill("SIGKILL");
+      await child.status;
+      await reading.catch(() => {});
+    },
+  };
+}
+
 /** Runs .ci/cluster.sh; returns its last line of output. */
 async function cluster(...args: string[]): Promise<string> {
   const output = await new Deno.Command("bash", {
@@ -2131,6 +2188,23 @@ Deno.test("the Part 4 block is the same in both scripts", async () => {
     return lines.slice(start, end + 1).join("\n");
   };
   assert.equal(await part4("rpc_server.ts"), await part4("rpc_client.ts"));
+});
+
+Deno.test("a burst of 200 calls leaves the client in a few socket writes, not one per call", async () => {
+  await using broker = await openBroker();
+  await using proxy = await startCountingProxy();
+  await using _server = await RpcServer.start({ url: URL, queue: broker.queue, ...quiet });
+  await using client = await FibonacciRpcClient.connect({ url: proxy.url, queue: broker.queue });
+  assert.equal(await client.call(5), 5n); // the channel and the callback queue are set up
+  await delay(200); // for the proxy to print what it read so far (time passing is the point)
+  const before = proxy.reads.length;
+  const results = await Promise.all(Array.from({ length: 200 }, () => client.call(10)));
+  assert.ok(results.every((result) => result === 55n));
+  await delay(200); // the same, for the burst
+  const burst = proxy.reads.slice(before);
+  const bytes = burst.reduce((sum, size) => sum + size, 0);
+  assert.ok(bytes > 200 * 100, `the 200 requests went through the proxy: ${bytes} bytes`);
+  assert.ok(burst.length <= 5, `${burst.length} writes for 200 requests: ${burst.join(" ")}`);
 });
 
 Deno.test("a bad AMQP_URL is a usage error naming the bad entry, with the password hidden", async () => {

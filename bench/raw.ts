@@ -9,13 +9,16 @@
  * - client `confirms`: requests go out on a confirm channel (publisher confirms);
  * - client `properties`: requests carry `mandatory`, `expiration` and the
  *   `x-deadline` header, as ours do;
- * - server `replyConnection`: replies go out on a second connection.
+ * - server `replyConnection`: replies go out on a second connection;
+ * - `coalesce`, either side: the frames written in one task leave in one
+ *   socket write, as our scripts' `coalesceWrites` (Part 4) sends them. With
+ *   everything else on, this pair is ours minus our own code.
  *
  * Both sides use a callback queue declared as the tutorial does (exclusive,
  * server-named). The benchmark starts the server as its own process:
  *
  * ```sh
- * deno run -A bench/raw.ts --queue Q [--prefetch 50] [--reply-connection] [--url U]
+ * deno run -A bench/raw.ts --queue Q [--prefetch 50] [--reply-connection] [--coalesce] [--url U]
  * ```
  *
  * Permissions: `--allow-net` (the broker) and `--allow-env` (amqplib reads it);
@@ -39,6 +42,8 @@ export interface RawClientOptions {
   properties: boolean;
   /** The deadline that `expiration` and `x-deadline` carry, in ms. */
   timeout?: number;
+  /** One socket write per task instead of one per frame. */
+  coalesce?: boolean;
 }
 
 /** A connected raw client: `call(n)` resolves with the reply body. */
@@ -54,11 +59,33 @@ function fib(n: number): bigint {
   return previous;
 }
 
+/**
+ * Corks the connection's socket at the first write of a task and uncorks it
+ * in a microtask: the frames of a task leave in one write.
+ */
+function coalesce(model: { connection: unknown }): void {
+  const socket = (model.connection as { stream: import("node:net").Socket }).stream;
+  const writeNow = socket.write.bind(socket) as (...args: unknown[]) => boolean;
+  let scheduled = false;
+  (socket as unknown as { write: typeof writeNow }).write = (...args) => {
+    if (!scheduled) {
+      scheduled = true;
+      socket.cork();
+      queueMicrotask(() => {
+        scheduled = false;
+        socket.uncork();
+      });
+    }
+    return writeNow(...args);
+  };
+}
+
 /** Connects a raw client with the chosen features. */
 export async function rawClient(options: RawClientOptions): Promise<RawClient> {
   const { queue, confirms, properties } = options;
   const timeout = options.timeout ?? 30_000;
   const connection = await amqp.connect(options.url, { noDelay: true });
+  if (options.coalesce) coalesce(connection);
   const channel: Channel | ConfirmChannel = confirms
     ? await connection.createConfirmChannel()
     : await connection.createChannel();
@@ -95,18 +122,23 @@ export async function rawClient(options: RawClientOptions): Promise<RawClient> {
   return { call, close: () => connection.close() };
 }
 
-/** Consumes `queue`, replies fib(n), acks; replies on a second connection if asked. */
+/**
+ * Consumes `queue`, replies fib(n), acks; replies on a second connection,
+ * and coalesces writes, if asked.
+ */
 export async function rawServer(options: {
   url: string;
   queue: string;
   prefetch: number;
   replyConnection: boolean;
+  coalesce?: boolean;
 }): Promise<{ close(): Promise<void> }> {
   const connection = await amqp.connect(options.url, { noDelay: true });
   const replies = options.replyConnection
     ? await amqp.connect(options.url, { noDelay: true })
     : connection;
   for (const model of new Set([connection, replies])) {
+    if (options.coalesce) coalesce(model);
     model.on("error", (error: Error) => {
       console.error(`raw.ts: lost the broker: ${error.message}`);
       Deno.exit(1);
@@ -139,6 +171,7 @@ if (import.meta.main) {
       queue: { type: "string" },
       prefetch: { type: "string", default: "50" },
       "reply-connection": { type: "boolean", default: false },
+      coalesce: { type: "boolean", default: false },
     },
   });
   if (!values.queue) {
@@ -150,6 +183,7 @@ if (import.meta.main) {
     queue: values.queue,
     prefetch: Number(values.prefetch),
     replyConnection: values["reply-connection"],
+    coalesce: values.coalesce,
   });
   console.log(" [x] Awaiting RPC requests");
   const stop = () => server.close().finally(() => Deno.exit(0));
