@@ -23,8 +23,8 @@
  * spread (min–max) of the turns; a ratio is the median of per-turn ratios.
  *
  * ```sh
- * deno task bench                         # everything, 4 to 5 minutes on a quiet machine
- * deno task bench --quick                 # fewer and shorter turns, under a minute
+ * deno task bench                         # everything, 5 to 6 minutes on a quiet machine
+ * deno task bench --quick                 # fewer and shorter turns, about a minute
  * deno task bench --only throughput,cold  # some measurements
  * deno task bench --json                  # the figures as JSON instead of tables
  * deno run -A bench/rpc_bench.ts --help
@@ -68,7 +68,7 @@ const USAGE = `Usage: deno run -A bench/rpc_bench.ts [options]   (or: deno task 
 Benchmarks the RPC pair against raw amqplib and a Python pika pair; prints Markdown tables.
 
 Options:
-  --quick          fewer and shorter turns (under a minute instead of 3 to 4)
+  --quick          fewer and shorter turns (about a minute instead of 5 to 6)
   --only LIST      comma-separated measurements: ${MEASUREMENTS.join(",")}
   --json           print the figures as JSON instead of tables
   --no-python      skip the Python pika rows
@@ -111,7 +111,10 @@ interface Spread {
   median: number;
   min: number;
   max: number;
-  /** A 95 % interval for the median, from the order statistics (no assumption about the noise). */
+  /**
+   * A 95 % interval for the median, from the order statistics (no
+   * assumption about the noise); NaN for fewer than 6 values, too few for one.
+   */
   low: number;
   high: number;
 }
@@ -125,13 +128,13 @@ function spread(values: number[]): Spread {
   const sorted = values.toSorted((a, b) => a - b);
   const middle = sorted.length >> 1;
   const median = sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
-  const k = medianIntervalRank(sorted.length);
+  const k = sorted.length >= 6 ? medianIntervalRank(sorted.length) : NaN;
   return {
     median,
     min: sorted[0],
     max: sorted[sorted.length - 1],
-    low: sorted[k],
-    high: sorted[sorted.length - 1 - k],
+    low: sorted[k] ?? NaN,
+    high: sorted[sorted.length - 1 - k] ?? NaN,
   };
 }
 
@@ -139,8 +142,8 @@ function spread(values: number[]): Spread {
  * Where the 95 % interval of a median starts, as a 0-based index into the
  * n sorted samples (it ends at the same distance from the top): the largest
  * i with P(X <= i) <= 2.5 % for X ~ Binomial(n, 1/2), the chance that fewer
- * than i + 1 samples fall below the true median. 2 for 13 samples (97.8 %);
- * below 6 samples no such i exists, and the interval is min to max.
+ * than i + 1 samples fall below the true median: 2 for 13 samples (97.8 %).
+ * From 6 samples up; below that even min to max covers less than 95 %.
  */
 function medianIntervalRank(n: number): number {
   let atMost = 0; // P(X <= i)
@@ -168,6 +171,8 @@ function mapValues<T, U>(record: Record<string, T>, fn: (value: T, key: string) 
 const int = (value: number) => Math.round(value).toLocaleString("en-US");
 const fixed = (digits: number) => (value: number) => value.toFixed(digits);
 const show = (s: Spread, format = int) => `${format(s.median)} (${format(s.min)}–${format(s.max)})`;
+const interval = (s: Spread) =>
+  Number.isNaN(s.low) ? "too few turns" : `${fixed(2)(s.low)}–${fixed(2)(s.high)}`;
 
 let quiet = false; // --json: figures only
 
@@ -196,18 +201,17 @@ const verdicts: string[][] = [];
  * Records a target's verdict by the median, as the targets are set, and
  * whether the median's 95 % interval lies wholly on that side: if not, the
  * verdict is within this run's noise, and another run may say otherwise.
+ * With too few turns for an interval, the verdict stands alone.
  */
 function verdict(target: string, figure: Spread, limit: number, atLeast: boolean): string {
   const passes = (value: number) => (atLeast ? value >= limit : value <= limit);
   const met = passes(figure.median);
-  const clear = met
-    ? passes(figure.low) && passes(figure.high)
-    : !passes(figure.low) && !passes(figure.high);
-  const interval = `${fixed(2)(figure.low)}–${fixed(2)(figure.high)}`;
+  const known = !Number.isNaN(figure.low);
+  const clear = !known || passes(figure.low) === met && passes(figure.high) === met;
   verdicts.push([
     target,
     show(figure, fixed(2)),
-    interval,
+    interval(figure),
     (met ? "met" : "missed") + (clear ? "" : ", within noise"),
   ]);
   return met ? "met" : "missed";
@@ -826,7 +830,7 @@ async function ownCode(lab: Lab) {
       show(spread(rates[OURS])),
       show(spread(rates[COALESCED])),
       show(ratio, fixed(2)),
-      `${fixed(2)(ratio.low)}–${fixed(2)(ratio.high)}`,
+      interval(ratio),
       perCall(cpu[OURS], "client"),
       perCall(cpu[COALESCED], "client"),
       perCall(cpu[OURS], "server"),
