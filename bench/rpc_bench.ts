@@ -777,9 +777,9 @@ async function throughput(lab: Lab) {
 /** Alternating turns of ours and of the raw pair that differs from it only by our code. */
 async function ownCodeOn(lab: Lab, type: QueueType) {
   const { turns, calls } = lab.settings.plan.ownCode;
+  const { server: rawKind, ...features } = RAW_PAIRS[COALESCED];
   const oursServer = await lab.server({ kind: "ours", type });
-  const rawServer = await lab.server({ kind: "raw-coalesced", type });
-  const features = { confirms: true, properties: true, coalesce: true };
+  const rawServer = await lab.server({ kind: rawKind, type });
   const pairs: Record<string, Contender & { server: Running }> = {
     [OURS]: { ...await ours(lab, oursServer.queue), server: oursServer },
     [COALESCED]: {
