@@ -91,7 +91,36 @@ ctl() {
   shift
   as_rmq timeout "$CTL_TIMEOUT" "$(tool rabbitmqctl)" -n "$(node_name "$k")" "$@"
 }
-ctl_q() { ctl "$@" >>"$(cli_log)" 2>&1; }
+# Each call is headed in the log, so that cli_error can find its own output.
+ctl_q() {
+  printf '== rabbitmqctl -n %s %s\n' "$(node_name "$1")" "${*:2}" >>"$(cli_log)"
+  ctl "$@" >>"$(cli_log)" 2>&1
+}
+# What the last CLI call printed, in one line of at most 300 characters.
+cli_error() {
+  local f
+  f=$(cli_log)
+  [[ -r $f ]] || return 0
+  awk '/^== rabbitmqctl / { out = ""; next } { out = out " " $0 } END { print out }' "$f" |
+    sed 's/\x1b\[[0-9;]*m//g; s/ Usage .*//' | tr -s ' \t' ' ' | sed 's/^ //; s/ $//' | cut -c 1-300
+}
+# A CLI call that changes membership, tried 3 times, 3 s apart: nodes that
+# join or start together can race inside RabbitMQ (rabbitmq-server#2631),
+# and the same call a moment later goes through. CTL_ERROR says why the
+# last try failed.
+CTL_ERROR=""
+ctl_retry() {
+  local try rc
+  for try in 1 2 3; do
+    rc=0
+    ctl_q "$@" || rc=$?
+    [[ $rc -ne 0 ]] || return 0
+    if [[ $rc -eq 124 ]]; then CTL_ERROR="no answer within ${CTL_TIMEOUT}s"; else CTL_ERROR=$(cli_error); fi
+    say "rabbitmqctl -n $(node_name "$1") ${*:2} failed (try $try of 3): $CTL_ERROR"
+    [[ $try -eq 3 ]] || sleep 3
+  done
+  return 1
+}
 
 # A PID is node K's only if it is a beam.smp whose environment names node K:
 # that way we can never signal the system node or anything else.
@@ -371,7 +400,6 @@ cmd_available() {
 }
 
 stop_app_of() { ctl_q "$1" stop_app; }
-start_app_of() { ctl_q "$1" start_app; }
 # A fresh start failed: stop what it started (keeping the logs), say why.
 fail_start() {
   stop_all || true
@@ -423,15 +451,17 @@ cmd_start() {
   fi
   say "nodes up after $((SECONDS - t0)) s; joining 2 and 3 to 1"
 
-  # Each CLI call costs ~1 s of VM start, so stop_app and start_app run on
-  # 2 and 3 together; the joins themselves go one at a time into node 1's
-  # Mnesia schema.
+  # Each CLI call costs ~1 s of VM start, so stop_app runs on 2 and 3
+  # together; the joins and the start_apps go one node at a time, since two
+  # at once can race in node 1's Mnesia schema.
   each stop_app_of "${NODES[@]:1}" || fail_start "stop_app failed (see $BASE/cli.log)"
   for k in "${NODES[@]:1}"; do
-    ctl_q "$k" join_cluster "$(node_name 1)" ||
-      fail_start "$(node_name "$k") could not join $(node_name 1) (see $BASE/cli.log)"
+    ctl_retry "$k" join_cluster "$(node_name 1)" ||
+      fail_start "$(node_name "$k") could not join $(node_name 1): $CTL_ERROR"
   done
-  each start_app_of "${NODES[@]:1}" || fail_start "start_app failed (see $BASE/cli.log)"
+  for k in "${NODES[@]:1}"; do
+    ctl_retry "$k" start_app || fail_start "start_app failed on $(node_name "$k"): $CTL_ERROR"
+  done
   healthy || fail_start "cluster not healthy after start: $REASON"
   say "cluster up after $((SECONDS - t0)) s"
   urls
