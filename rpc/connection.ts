@@ -1,0 +1,259 @@
+/**
+ * Connections to the broker: failover between the nodes of a cluster,
+ * reconnection with amqplib's own recovery, one-line failure messages
+ * without passwords, and coalesced socket writes.
+ *
+ * @module
+ */
+import amqp from "npm:amqplib@^2.3.1";
+import type { ChannelModel, RecoveringChannelModel } from "npm:amqplib@^2.3.1";
+import { redact } from "./urls.ts";
+
+/** How long a TCP connect plus the AMQP handshake may take, in ms. */
+export const CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * Heartbeat, in seconds, asked of the broker. amqplib gives up on a link
+ * after two silent intervals, so a peer that vanishes without a word (a
+ * dead host, a dropped NAT entry) is noticed in 10 to 15 s. RabbitMQ's
+ * default is 60 s: 2 to 3 minutes of calls into the void. A `heartbeat`
+ * parameter in the URL (`?heartbeat=30`) overrides it.
+ */
+export const HEARTBEAT_SECONDS = 5;
+
+/** Waits between reconnection attempts: the first, and the most. */
+const RECONNECT_FIRST_DELAY_MS = 100;
+const RECONNECT_MAX_DELAY_MS = 5_000;
+
+/**
+ * Ignores an error, on purpose. Used only where a failure changes nothing:
+ * closing what is already closed, or an "error" event whose "close" event
+ * (handled elsewhere) says the same.
+ *
+ * @example
+ * ```ts
+ * channel.on("error", ignoreError);
+ * ```
+ */
+export function ignoreError(_error: unknown): void {}
+
+/**
+ * Settles as `work` does, or rejects with `message` after `ms`: whichever
+ * comes first.
+ *
+ * @example
+ * ```ts
+ * await within(channel.checkQueue("q"), 1_000, "the broker did not answer in time");
+ * ```
+ */
+export function within<T>(work: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * One line saying why talking to the broker at `url` failed, without secrets.
+ *
+ * @example
+ * ```ts
+ * describeFailure(error, new URL("amqp://guest:guest@127.0.0.1:1"));
+ * // "cannot connect to amqp://guest:***@127.0.0.1:1: connection refused (is RabbitMQ running?)"
+ * ```
+ */
+export function describeFailure(error: unknown, url: URL): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const code = (error as { code?: unknown })?.code;
+  const where = redact(url);
+  if (error instanceof Deno.errors.NotCapable || code === "EPERM") {
+    return `not allowed to connect to ${where}: run with --allow-net (or -A)`;
+  }
+  if (code === "ECONNREFUSED") {
+    return `cannot connect to ${where}: connection refused (is RabbitMQ running?)`;
+  }
+  if (code === "ENOTFOUND" || code === "EAI_AGAIN") {
+    return `cannot connect to ${where}: unknown host`;
+  }
+  if (message === "connect ETIMEDOUT" || code === "ETIMEDOUT") {
+    return `cannot connect to ${where}: no AMQP answer within ${CONNECT_TIMEOUT_MS / 1000} s ` +
+      `(is that a RabbitMQ port? a firewall or a load balancer with no backend?)`;
+  }
+  if (/ACCESS[-_]REFUSED/.test(message)) {
+    return `cannot log in to ${where}: access refused (wrong user name or password?)`;
+  }
+  if (message.startsWith("Expected ConnectionOpenOk; got <ConnectionClose")) {
+    const vhost = decodeURIComponent(url.pathname.slice(1)) || "/";
+    return `cannot open virtual host "${vhost}" on ${where} (does it exist? rabbitmqctl list_vhosts)`;
+  }
+  if (message === "Unexpected close" || code === "ECONNRESET" || code === "EPIPE") {
+    return `the connection to ${where} broke off (${code ?? message})`;
+  }
+  // amqplib's own messages name the broker's reply code; they never hold the URL.
+  return message.split("\n")[0];
+}
+
+/**
+ * The brokers a program may use (the nodes of a cluster, or just one), and
+ * the one it uses now. amqplib reads the fields below each time it connects,
+ * so moving on to the next URL moves amqplib's recovery with it.
+ */
+class Brokers {
+  readonly urls: readonly URL[];
+  #index = 0;
+  #connectedOnce = false;
+
+  constructor(urls: readonly URL[]) {
+    this.urls = urls;
+  }
+
+  /** The broker connected to, or being tried. */
+  get current(): URL {
+    return this.urls[this.#index];
+  }
+
+  // The fields amqplib's connect() reads from a URL object.
+  get protocol(): string {
+    return this.current.protocol.slice(0, -1);
+  }
+  get hostname(): string {
+    return this.current.hostname.replace(/^\[|\]$/g, "");
+  }
+  get port(): number | undefined {
+    return this.current.port ? Number(this.current.port) : undefined;
+  }
+  get username(): string | undefined {
+    return this.current.username ? decodeURIComponent(this.current.username) : undefined;
+  }
+  get password(): string | undefined {
+    return this.current.password ? decodeURIComponent(this.current.password) : undefined;
+  }
+  get vhost(): string {
+    return this.current.pathname.slice(1);
+  }
+  get heartbeat(): number {
+    return Number(this.current.searchParams.get("heartbeat") ?? HEARTBEAT_SECONDS);
+  }
+
+  /** Called once the first connection is up: from then on, failures back off. */
+  connected(): void {
+    this.#connectedOnce = true;
+  }
+
+  /**
+   * amqplib's recovery asks this before each new attempt: go on to the next
+   * URL. The first connection tries each URL once, without waiting; later,
+   * each full round of the list waits twice as long as the one before (up
+   * to 5 s), give or take 20 % so that many clients do not come back at once.
+   */
+  nextDelay = (attempt: number): number => {
+    this.#index = (this.#index + 1) % this.urls.length;
+    if (!this.#connectedOnce) return 0;
+    const round = Math.floor((attempt - 1) / this.urls.length);
+    const delay = Math.min(RECONNECT_MAX_DELAY_MS, RECONNECT_FIRST_DELAY_MS * 2 ** round);
+    return Math.round(delay * (0.8 + Math.random() * 0.4));
+  };
+}
+
+/** What {@linkcode openConnection} needs besides the URLs. */
+export interface ConnectionOptions {
+  /** The `connection_name` the broker shows (`rabbitmqctl list_connections`). */
+  name: string;
+  /** Runs on every new connection, the first included: open channels, declare, consume. */
+  setup: (model: ChannelModel) => Promise<void>;
+  /** Hears which broker it is on, and each loss and reconnection. */
+  log: (line: string) => void;
+}
+
+/**
+ * Connects to the first broker that answers, with amqplib's recovery: a lost
+ * connection is rebuilt on the next broker in turn, and `setup` runs again
+ * on every new connection. Fails, with one line per broker tried, if none
+ * answers at start.
+ *
+ * @example
+ * ```ts
+ * const connection = await openConnection([new URL("amqp://localhost")], {
+ *   name: "my service",
+ *   setup: async (model) => void await model.createChannel(),
+ *   log: console.log,
+ * });
+ * ```
+ */
+export async function openConnection(
+  urls: readonly URL[],
+  { name, setup, log }: ConnectionOptions,
+): Promise<RecoveringChannelModel> {
+  const brokers = new Brokers(urls);
+  const failures: string[] = [];
+  let started = false;
+  const connection = await amqp.connect(brokers, {
+    noDelay: true, // with Nagle's algorithm on, every message waits ~40 ms
+    timeout: CONNECT_TIMEOUT_MS, // a listener that never speaks AMQP must not hang us
+    clientProperties: { connection_name: name },
+    recovery: {
+      waitForConnect: false, // so that the listeners below hear the first attempt
+      initialMaxRetries: brokers.urls.length - 1, // each URL once, then give up
+      calculateDelay: brokers.nextDelay,
+      setup: async (model: ChannelModel) => {
+        coalesceWrites(model);
+        if (started || brokers.urls.length > 1) log(` [x] Connected to ${redact(brokers.current)}`);
+        await setup(model);
+      },
+    },
+  });
+  // Without an "error" listener, an abrupt loss (a reset, a missed heartbeat)
+  // would throw out of amqplib and kill the process. "disconnect" says it.
+  connection.on("error", ignoreError);
+  connection.on("connect-failed", (error: Error) => {
+    const failure = describeFailure(error, brokers.current);
+    if (started) log(` [!] ${failure}`);
+    else failures.push(failure);
+  });
+  connection.on("disconnect", (error: Error) => {
+    log(` [!] Lost ${redact(brokers.current)}: ${describeFailure(error, brokers.current)}`);
+  });
+  connection.on("reconnect-scheduled", ({ delay }: { delay: number }) => {
+    if (started) log(` [!] Reconnecting to ${redact(brokers.current)} in ${delay} ms`);
+  });
+  try {
+    await connection.waitForConnect();
+  } catch {
+    throw new Error(failures.join("; "));
+  }
+  started = true;
+  brokers.connected();
+  return connection;
+}
+
+/**
+ * Many frames, one write. amqplib hands the socket each AMQP frame on its
+ * own, and each becomes a system call of its own: at load, one per request,
+ * per reply and per ack, and most of the CPU a server spends. Corking the
+ * socket at the first write of a task and uncorking it as soon as that task
+ * is done (a microtask) sends the frames of a whole burst in one write; no
+ * frame waits for a later task. The socket is amqplib's own (not part of
+ * its typed API): if a later amqplib hides it, frames go out one by one again.
+ */
+function coalesceWrites(model: ChannelModel): void {
+  const socket = (model.connection as { stream?: Partial<Socket> }).stream;
+  if (!socket?.write || !socket.cork || !socket.uncork) return;
+  const { write, cork, uncork } = socket as Socket;
+  let corked = false;
+  const flush = () => {
+    corked = false;
+    uncork.call(socket);
+  };
+  socket.write = (...args: unknown[]) => {
+    if (!corked) {
+      corked = true;
+      cork.call(socket);
+      queueMicrotask(flush);
+    }
+    return write.apply(socket, args);
+  };
+}
+
+/** The part of a Node socket that coalesceWrites uses. */
+type Socket = { write(...args: unknown[]): boolean; cork(): void; uncork(): void };

@@ -1,0 +1,120 @@
+/**
+ * Errors: why a call failed ({@linkcode RpcError}), why no reply came
+ * ({@linkcode NoReplyDiagnosis}), and a handler's way to refuse a request
+ * ({@linkcode BadRequestError}).
+ *
+ * @module
+ */
+
+/**
+ * Why an {@linkcode RpcError} was raised:
+ * - `"remote"`: the server answered with an error reply (its handler threw);
+ * - `"timeout"`: no reply before the deadline; `diagnosis` says why;
+ * - `"no-route"`: the request queue does not exist;
+ * - `"connection-lost"`: the broker connection dropped, or is reconnecting;
+ * - `"closed"`: the client was closed;
+ * - `"bad-reply"`: the reply was too large, or not what the caller reads.
+ */
+export type RpcErrorCode =
+  | "remote"
+  | "timeout"
+  | "no-route"
+  | "connection-lost"
+  | "closed"
+  | "bad-reply";
+
+/**
+ * Why a call timed out, as far as one look at the request queue tells:
+ * - `"no-server"`: nobody consumes the queue; the request waits in it.
+ * - `"no-answer"`: servers consume it but did not answer in time
+ *   (overloaded, if `queued` is large; or slow, or the reply was lost).
+ * - `"disconnected"`: the connection to the broker was lost meanwhile.
+ * - `"no-queue"`: the queue is gone.
+ * - `"unknown"`: the look failed; `detail` says why.
+ */
+export interface NoReplyDiagnosis {
+  /** What the look at the queue found. */
+  cause: "no-server" | "no-answer" | "disconnected" | "no-queue" | "unknown";
+  /** Servers consuming the request queue. */
+  consumers?: number;
+  /** Requests waiting in the request queue, not yet taken by any server. */
+  queued?: number;
+  /** For `"unknown"`: why the look failed. */
+  detail?: string;
+}
+
+/**
+ * A failed call. `code` says why; for `"remote"`, `message` is the server's.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await client.call("rpc_queue", "30");
+ * } catch (error) {
+ *   if (error instanceof RpcError && error.code === "timeout") console.log(error.diagnosis);
+ * }
+ * ```
+ */
+export class RpcError extends Error {
+  /** Always `"RpcError"`. */
+  override name = "RpcError";
+  /** Why the call failed. */
+  readonly code: RpcErrorCode;
+  /** For a `"timeout"`: why no reply came. */
+  readonly diagnosis?: NoReplyDiagnosis;
+
+  /** An error with this code and message (and, for a timeout, the diagnosis). */
+  constructor(code: RpcErrorCode, message: string, diagnosis?: NoReplyDiagnosis) {
+    super(message);
+    this.code = code;
+    this.diagnosis = diagnosis;
+  }
+}
+
+/**
+ * Thrown by a handler to refuse a request it cannot read. The caller gets
+ * an error reply with the message, as for any error; the server's log says
+ * "Bad request" rather than "Handler failed".
+ *
+ * @example
+ * ```ts
+ * const handler = (request: Uint8Array) => {
+ *   if (request.length === 0) throw new BadRequestError("empty request");
+ *   return request;
+ * };
+ * ```
+ */
+export class BadRequestError extends Error {
+  /** Always `"BadRequestError"`. */
+  override name = "BadRequestError";
+}
+
+/**
+ * The timeout error for a call named `label` to `queue`, with what the
+ * diagnosis found, in words an operator can act on.
+ *
+ * @example
+ * ```ts
+ * timeoutError("fib(30)", 5_000, "rpc_queue", { cause: "no-server", consumers: 0, queued: 1 });
+ * // RpcError: fib(30): no reply within 5000 ms: no server consumes "rpc_queue" (...)
+ * ```
+ */
+export function timeoutError(
+  label: string,
+  timeout: number,
+  queue: string,
+  diagnosis: NoReplyDiagnosis,
+): RpcError {
+  const { consumers, queued } = diagnosis;
+  const waiting = `${queued} request${queued === 1 ? "" : "s"} waiting in it`;
+  const servers = consumers === 1 ? "1 server consumes" : `${consumers} servers consume`;
+  const why = {
+    "no-server": `no server consumes "${queue}" (${waiting}; start one)`,
+    "no-answer": `${servers} "${queue}" but none answered in time ` +
+      `(${waiting}: overloaded? add servers, or allow more time)`,
+    "disconnected": "the connection to the broker was lost meanwhile",
+    "no-queue": `the queue "${queue}" no longer exists`,
+    "unknown": `could not look at "${queue}" (${diagnosis.detail})`,
+  }[diagnosis.cause];
+  return new RpcError("timeout", `${label}: no reply within ${timeout} ms: ${why}`, diagnosis);
+}

@@ -1,0 +1,115 @@
+/**
+ * # rpc/fib_server.ts: the production Fibonacci server, on the command line
+ *
+ * Takes `n` from a queue (`rpc_queue` by default), replies with fib(n),
+ * fails over between the nodes of a cluster, skips requests whose caller
+ * gave up, and shuts down cleanly on SIGINT or SIGTERM.
+ *
+ * ```sh
+ * deno run --allow-net --allow-env rpc/fib_server.ts
+ * deno run -A rpc/fib_server.ts --help
+ * ```
+ *
+ * @module
+ */
+import {
+  fail,
+  oneOf,
+  parseCommandLine,
+  urlsFromCommandLine,
+  UsageError,
+  wholeNumber,
+} from "./cli.ts";
+import { FibonacciRpcServer, type FibonacciServerOptions } from "./fibonacci.ts";
+import { DEFAULT_PREFETCH, isPrefetch, PREFETCH_RULE } from "./options.ts";
+
+const USAGE = `Usage: deno run -A rpc/fib_server.ts [options]
+
+Takes requests from a RabbitMQ queue and answers each with fib(n).
+
+Options:
+  --url URL        broker URL; give it once per cluster node to fail over
+                   between them (default: $AMQP_URL, commas between URLs,
+                   else amqp://localhost)
+  --queue NAME     request queue (default: rpc_queue)
+  --prefetch N     unacked requests at once, 1 to 65535 (default: ${DEFAULT_PREFETCH})
+  --queue-type T   how to declare a new queue: "quorum" (default; durable,
+                   as today's tutorials declare it) or "classic" (non-durable,
+                   as older copies and amqplib's bundled examples do)
+  --no-skip-late   compute requests whose caller's deadline has passed
+  --quiet          do not log each request
+  -h, --help       show this help
+
+Exit status: 0 after SIGINT or SIGTERM, 1 if no broker answers (or
+--allow-net is missing), 2 for a usage error.`;
+
+/** Reads the command line into server options; throws a one-line UsageError on bad input. */
+function readCommandLine(args: string[]): FibonacciServerOptions | "help" {
+  const { values } = parseCommandLine(args, {
+    url: { type: "string", multiple: true },
+    queue: { type: "string" },
+    prefetch: { type: "string" },
+    "queue-type": { type: "string" },
+    "no-skip-late": { type: "boolean" },
+    quiet: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) return "help";
+  const prefetch = wholeNumber(
+    "--prefetch",
+    (values.prefetch as string | undefined) ?? String(DEFAULT_PREFETCH),
+    isPrefetch,
+    PREFETCH_RULE,
+  );
+  if (values.queue === "") throw new UsageError("--queue must not be empty");
+  return {
+    url: urlsFromCommandLine(values.url as string[] | undefined),
+    queue: values.queue as string | undefined,
+    prefetch,
+    queueType: oneOf("--queue-type", (values["queue-type"] as string) ?? "quorum", [
+      "quorum",
+      "classic",
+    ]),
+    skipLate: !values["no-skip-late"],
+    log: values.quiet ? null : console.log,
+  };
+}
+
+/** Shutdown: the first signal finishes the requests in progress; a second exits at once. */
+function stopOnSignals(server: FibonacciRpcServer): void {
+  let stopping = false;
+  const stop = async (signal: Deno.Signal) => {
+    if (stopping) {
+      console.log(` [!] ${signal} again: exiting now; unacked requests go back to the queue`);
+      Deno.exit(1);
+    }
+    stopping = true;
+    console.log(` [x] ${signal}: finishing the requests in progress, then exiting`);
+    await server.close();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
+  // Windows has no SIGTERM to listen for.
+  if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+}
+
+/** Runs the server with these command-line arguments. */
+export async function main(args: string[]): Promise<void> {
+  let options;
+  try {
+    options = readCommandLine(args);
+  } catch (error) {
+    fail("fib_server", error);
+  }
+  if (options === "help") {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  try {
+    stopOnSignals(await FibonacciRpcServer.start(options));
+  } catch (error) {
+    fail("fib_server", error);
+  }
+}
+
+if (import.meta.main) await main(Deno.args);

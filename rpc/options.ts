@@ -1,0 +1,129 @@
+/**
+ * The options of servers, clients and calls, with their defaults.
+ *
+ * @module
+ */
+import type { Reply } from "./replies.ts";
+
+/**
+ * Computes the reply to one request, from the request's bytes. It may be
+ * async. If it throws, the caller gets an error reply carrying the message.
+ */
+export type Handler = (request: Uint8Array) => Reply | Promise<Reply>;
+
+/**
+ * Requests the broker hands one server before it has acked any: the
+ * `prefetch` default. The tutorial uses 1, which is fairest for slow work
+ * but leaves a server idle for a round trip after every reply (about 5x
+ * fewer calls/s here). For fast handlers 50 held requests delay nobody
+ * much; use 1 for slow handlers (bench/README.md has the figures).
+ */
+export const DEFAULT_PREFETCH = 50;
+
+/** Options for {@linkcode RpcServer.start}. Every field but `queue` and `handler` has a default. */
+export interface ServerOptions {
+  /** The request queue. */
+  queue: string;
+  /** Computes each reply. */
+  handler: Handler;
+  /**
+   * Broker URL, or several (the nodes of a cluster): the server uses the
+   * first that answers and moves on to the next when it loses one.
+   * Default: `$AMQP_URL` (commas between URLs), else `amqp://localhost`.
+   */
+  url?: string | string[];
+  /** Requests the broker may hand over before the first is acked. Default: {@linkcode DEFAULT_PREFETCH}. */
+  prefetch?: number;
+  /**
+   * How to declare the queue if it does not exist yet. `"quorum"` (default):
+   * durable and replicated, as every official tutorial server declares it
+   * since 2026-03-16. `"classic"`: non-durable classic, as older copies of
+   * the tutorials and amqplib's bundled examples declare it. A queue that
+   * exists already is used as it is either way.
+   */
+  queueType?: "quorum" | "classic";
+  /**
+   * Skip requests whose caller has given up: a request whose deadline (the
+   * `x-deadline` header our client sends) passed more than
+   * `DEADLINE_GRACE_MS` ago is acked without being computed. Default:
+   * `true`. Requests without the header are always computed.
+   */
+  skipLate?: boolean;
+  /** Where log lines go. Default: `console.log`; `null` silences them. */
+  log?: ((line: string) => void) | null;
+  /**
+   * The text of each request's log line, ` [.] <text>`, built only when the
+   * line is shown; `undefined` writes none. Default: `request of N bytes`.
+   */
+  describe?: (request: Uint8Array) => string | undefined;
+}
+
+/** The deadline of a call when neither the client nor the call sets one, in ms. */
+export const DEFAULT_TIMEOUT_MS = 30_000;
+
+/**
+ * The largest reply accepted, in bytes, unless `maxReplyBytes` says
+ * otherwise. Reading a huge reply would stall the client (10 MiB of
+ * digits: seconds), and a reply that large is seldom an answer.
+ */
+export const DEFAULT_MAX_REPLY_BYTES = 64 * 1024;
+
+/** Options for {@linkcode RpcClient.connect}. Every field has a default. */
+export interface ClientOptions {
+  /**
+   * Broker URL, or several (the nodes of a cluster): the client uses the
+   * first that answers and moves on to the next when it loses one.
+   * Default: `$AMQP_URL` (commas between URLs), else `amqp://localhost`.
+   */
+  url?: string | string[];
+  /** Deadline of each call in ms, unless the call sets its own. Default: {@linkcode DEFAULT_TIMEOUT_MS} (30 s). */
+  timeout?: number;
+  /**
+   * Where replies come back. `"exclusive"` (default): the tutorial's
+   * exclusive, server-named callback queue, declared on every connection.
+   * `"direct"`: RabbitMQ's direct reply-to, which needs no queue (on a
+   * cluster, see rpc/README.md: a reply to a caller whose node died can
+   * crash the replying server's connection on RabbitMQ 3.10).
+   */
+  replyQueue?: "exclusive" | "direct";
+  /**
+   * When the connection drops, keep calls in flight waiting and send them
+   * again once reconnected, within their own deadline, instead of failing
+   * them at once with `connection-lost`. Default: `false` (fail fast). Only
+   * for idempotent work. A call can override it.
+   */
+  retry?: boolean;
+  /** Replies larger than this many bytes fail with `bad-reply`, unread. Default: {@linkcode DEFAULT_MAX_REPLY_BYTES}. */
+  maxReplyBytes?: number;
+  /** Hears a line for every request sent and reply received (how replies match calls). Default: none. */
+  trace?: (line: string) => void;
+  /** Hears a line when the connection is lost, and which broker it is on. Default: none. */
+  log?: (line: string) => void;
+}
+
+/** Options for one {@linkcode RpcClient.call}. */
+export interface CallOptions {
+  /** Deadline in ms. Default: the client's `timeout`. */
+  timeout?: number;
+  /** Aborting it rejects the call with the signal's reason. */
+  signal?: AbortSignal;
+  /** Wait for a reconnection and send again. Default: the client's `retry`. */
+  retry?: boolean;
+  /** Names the call in error messages and traces. Default: `call to "QUEUE"`. */
+  label?: string;
+}
+
+/** The prefetch counts AMQP allows (0, "no limit", is not one we take). */
+export const PREFETCH_RULE = "an integer from 1 to 65535";
+
+/**
+ * Whether `prefetch` is a count the server takes: {@linkcode PREFETCH_RULE}.
+ *
+ * @example
+ * ```ts
+ * isPrefetch(50); // true
+ * ```
+ */
+export function isPrefetch(prefetch: number): boolean {
+  return Number.isInteger(prefetch) && prefetch >= 1 && prefetch <= 65535;
+}
