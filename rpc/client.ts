@@ -9,7 +9,6 @@ import { Buffer } from "node:buffer";
 import type {
   Channel,
   ChannelModel,
-  ConfirmChannel,
   ConsumeMessage,
   Message,
   RecoveringChannelModel,
@@ -24,11 +23,14 @@ import {
   DEFAULT_MAX_REPLY_BYTES,
   DEFAULT_TIMEOUT_MS,
 } from "./options.ts";
-import { type PendingCall, PendingCalls } from "./pending.ts";
+import { RateLimitedLog } from "./log.ts";
+import { type PendingCall, PendingCalls, readReply } from "./pending.ts";
+import { Session } from "./session.ts";
 import { brokerUrls } from "./urls.ts";
 
-/** RabbitMQ's direct reply-to pseudo-queue: replies come straight to the consuming channel. */
-const DIRECT_REPLY_TO = "amq.rabbitmq.reply-to";
+/** The first wait before a refused request goes out again with `retry`, and the longest, in ms. */
+const RETRY_FIRST_DELAY_MS = 50;
+const RETRY_MAX_DELAY_MS = 1_000;
 
 /**
  * A client for RPC servers: one connection, one channel, one callback
@@ -48,16 +50,18 @@ export class RpcClient implements AsyncDisposable {
   /** Calls waiting for their reply, by correlation id. */
   readonly #pending = new PendingCalls((calls) => this.#onDeadline(calls));
   #connection?: RecoveringChannelModel;
-  /** The channel of the current connection; undefined while reconnecting. */
-  #channel?: ConfirmChannel;
+  /** The channels of the current connection; undefined while reconnecting. */
+  #session?: Session;
   #callbackQueue = "";
+  /** Why the broker blocks this connection's publishing (a resource alarm), while it does. */
+  #blocked?: string;
   readonly #timeout: number;
   readonly #replyQueue: "exclusive" | "direct";
   readonly #retry: boolean;
   readonly #maxReplyBytes: number;
   readonly #urls: readonly URL[];
   readonly #trace?: (line: string) => void;
-  readonly #log: (line: string) => void;
+  readonly #log: RateLimitedLog;
   readonly #inspector = new QueueInspector(() => this.#openSideChannel());
   #droppedReplies = 0;
   #closed = false;
@@ -74,7 +78,7 @@ export class RpcClient implements AsyncDisposable {
       );
     }
     this.#trace = options.trace;
-    this.#log = options.log ?? ignoreError;
+    this.#log = new RateLimitedLog(options.log ?? null);
     this.connectionName = `rpc_client ${crypto.randomUUID().slice(0, 8)}`;
   }
 
@@ -91,28 +95,22 @@ export class RpcClient implements AsyncDisposable {
     client.#connection = await openConnection(client.#urls, {
       name: client.connectionName,
       setup: (model) => client.#setUp(model),
-      log: client.#log,
+      log: (line) => client.#log.write(line),
+      blocked: (reason) => client.#onBlocked(reason),
     });
     return client;
   }
 
-  /** On every new connection: a confirm channel, the callback queue, consume it. */
+  /** On every new connection: its channels and callback queue (see Session), then the calls that wait. */
   async #setUp(model: ChannelModel): Promise<void> {
-    // A confirm channel, so the broker says it took each request.
-    const channel = await model.createConfirmChannel();
-    channel.on("error", ignoreError); // its "close" event says it all
-    channel.on("return", (message: Message) => this.#onReturn(message));
-    // The tutorial's callback queue is exclusive and server-named: the broker
-    // picks the name, and deletes the queue when this connection ends.
-    // Direct reply-to needs no queue at all.
-    const callbackQueue = this.#replyQueue === "exclusive"
-      ? (await channel.assertQueue("", { exclusive: true })).queue
-      : DIRECT_REPLY_TO;
-    // Replies are not acked (noAck): a lost reply is a call that times out.
-    await channel.consume(callbackQueue, (message) => this.#onReply(message), { noAck: true });
-    this.#reconnectWhenClosed(model, channel);
-    this.#channel = channel;
-    this.#callbackQueue = callbackQueue;
+    const session = await Session.open(model, this.#replyQueue, {
+      onReply: (message) => this.#onReply(message),
+      onReturn: (message) => this.#onReturn(message),
+      onClosed: (closed) => this.#onClosed(model, closed),
+    });
+    this.#session = session;
+    this.#callbackQueue = session.callbackQueue;
+    this.#blocked = undefined; // a new connection starts unblocked
     this.#sendWaitingCalls();
   }
 
@@ -158,10 +156,10 @@ export class RpcClient implements AsyncDisposable {
         retry: options.retry ?? this.#retry,
         sentOn: undefined, // every field set now: one object shape for all calls
         lostConnection: false,
+        refusals: 0,
         resolve,
         reject,
         signal: undefined,
-        onAbort: undefined,
       };
       this.#pending.add(call, options.signal); // before publishing: no reply can outrun it
       this.#send(call);
@@ -170,21 +168,27 @@ export class RpcClient implements AsyncDisposable {
 
   /** Publishes a call's request, with `reply_to`, `correlation_id` and its deadline. */
   #send(call: PendingCall): void {
-    const channel = this.#channel;
-    if (!channel) return this.#notConnected(call);
-    call.sentOn = channel;
+    const session = this.#session;
+    if (!session) return this.#notConnected(call);
+    call.sentOn = session;
     this.#trace?.(
       ` [>] ${call.label} sent, correlation_id ${short(call.correlationId)}, ` +
         `reply_to ${this.#callbackQueue}`,
     );
     try {
-      channel.sendToQueue(call.queue, call.request, {
-        replyTo: this.#callbackQueue,
-        correlationId: call.correlationId,
-        mandatory: true, // come back if no queue takes it
-        expiration: String(Math.max(1, call.deadline - Date.now())), // nobody waits after this
-        headers: { [DEADLINE_HEADER]: call.deadline }, // servers skip what nobody awaits
-      }, (error) => error && this.#notTaken(call, channel, error));
+      session.publish(
+        call.queue,
+        call.request,
+        {
+          replyTo: session.callbackQueue,
+          correlationId: call.correlationId,
+          mandatory: true, // come back if no queue takes it
+          expiration: String(Math.max(1, call.deadline - Date.now())), // nobody waits after this
+          headers: { [DEADLINE_HEADER]: call.deadline }, // servers skip what nobody awaits
+        },
+        call.deadline,
+        (refusal) => refusal && this.#refused(call, session, refusal),
+      );
     } catch {
       // amqplib throws if the channel is closing: its "close" is on the way.
       call.sentOn = undefined;
@@ -208,20 +212,7 @@ export class RpcClient implements AsyncDisposable {
       return;
     }
     this.#trace?.(` [<] reply ${short(correlationId)}: matches ${call.label}`);
-    this.#pending.settle(call, this.#readReply(call, message));
-  }
-
-  /** A reply: too large, an error reply, or the answer's bytes. */
-  #readReply(call: PendingCall, message: Message): Uint8Array | RpcError {
-    const { content, properties } = message;
-    if (content.length > this.#maxReplyBytes) {
-      return new RpcError(
-        "bad-reply",
-        `${call.label}: the reply has ${content.length} bytes, more than the ${this.#maxReplyBytes} accepted`,
-      );
-    }
-    if (properties.type === "error") return new RpcError("remote", content.toString("utf8"));
-    return content;
+    this.#pending.settle(call, readReply(call, message, this.#maxReplyBytes));
   }
 
   /**
@@ -236,44 +227,66 @@ export class RpcClient implements AsyncDisposable {
   }
 
   /**
-   * Publisher confirms: the broker acks each request it has taken. A nack
-   * means it did not: on RabbitMQ 3.10, a channel whose first publish to a
-   * quorum queue came while the queue's new leader was still being chosen
-   * (just after a cluster node died) has every later publish rejected, and
-   * only a confirm tells. So a nack reopens the channel, and the call fails
-   * (or, with `retry`, goes out again on the new one).
+   * Publisher confirms: the broker acks each request it has taken, and
+   * nacks one it refuses (the queue is full, or has no leader yet). The
+   * refused call fails alone, at once, with `rejected`; with `retry` it
+   * goes out again after a short backoff, within its own deadline. The
+   * other calls in flight, which the broker took, wait for their replies.
    */
-  #notTaken(call: PendingCall, channel: Channel, error: Error): void {
-    if (error.message === "channel closed") return; // the "close" handler deals with it
-    this.#log(` [!] The broker did not take a request (${error.message}); reopening the channel`);
+  #refused(call: PendingCall, session: Session, refusal: Error): void {
+    if (refusal.message === "channel closed" || call.sentOn !== session) return; // see #onClosed
     call.sentOn = undefined;
-    if (!call.retry) {
-      const text = `${call.label}: the broker did not take the request`;
-      this.#pending.settle(call, new RpcError("connection-lost", text));
+    const delay = Math.min(RETRY_FIRST_DELAY_MS * 2 ** call.refusals++, RETRY_MAX_DELAY_MS);
+    this.#log.write(
+      ` [!] "${call.queue}" refused a request (${refusal.message})` +
+        (call.retry ? `; sending it again in ${delay} ms` : ""),
+      "refused",
+    );
+    if (call.retry && Date.now() + delay < call.deadline) {
+      setTimeout(() => {
+        if (this.#pending.get(call.correlationId) === call && !call.sentOn) this.#send(call);
+      }, delay);
+      return;
     }
-    channel.close().catch(ignoreError);
+    const text = `${call.label}: the queue "${call.queue}" refused the request ` +
+      `(it is full, or has no leader yet)`;
+    this.#pending.settle(call, new RpcError("rejected", text));
   }
 
   /**
-   * Reconnecting. When the channel closes, the calls sent on it fail at once
-   * with `connection-lost` (their replies would come to a callback queue
-   * that is gone), except those with `retry`, which wait to go out again.
-   * Closing the connection hands the repair to amqplib's recovery.
+   * Reconnecting. When a channel closes under us, the calls sent on its
+   * connection fail at once with `connection-lost` (their replies would
+   * come to a callback queue that is gone), except those with `retry`,
+   * which wait to go out again. Closing the connection hands the repair to
+   * amqplib's recovery.
    */
-  #reconnectWhenClosed(model: ChannelModel, channel: ConfirmChannel): void {
-    channel.on("close", () => {
-      if (this.#channel === channel) this.#channel = undefined;
-      for (const call of this.#pending.values()) {
-        if (call.sentOn !== channel && call.sentOn !== undefined) continue;
-        call.sentOn = undefined;
-        call.lostConnection = true;
-        if (!call.retry) {
-          const text = `${call.label}: lost the connection to the broker`;
-          this.#pending.settle(call, new RpcError("connection-lost", text));
-        }
+  #onClosed(model: ChannelModel, session: Session): void {
+    if (this.#session === session) this.#session = undefined;
+    for (const call of this.#pending.values()) {
+      if (call.sentOn !== session && call.sentOn !== undefined) continue;
+      call.sentOn = undefined;
+      call.lostConnection = true;
+      if (!call.retry) {
+        const text = `${call.label}: lost the connection to the broker`;
+        this.#pending.settle(call, new RpcError("connection-lost", text));
       }
-      if (!this.#closed) model.close().catch(ignoreError);
-    });
+    }
+    if (!this.#closed) model.close().catch(ignoreError);
+  }
+
+  /**
+   * A resource alarm (memory, disk): the broker stops reading from every
+   * connection that publishes, so requests wait in this client and no look
+   * at a queue gets an answer. `reason` is the broker's, or undefined once
+   * the alarm clears.
+   */
+  #onBlocked(reason: string | undefined): void {
+    this.#blocked = reason;
+    this.#log.write(
+      reason === undefined
+        ? " [x] The broker unblocked this connection"
+        : ` [!] The broker is blocking publishers: ${reason}`,
+    );
   }
 
   /** Not connected now: fail at once, or, with `retry`, wait for the reconnection. */
@@ -302,13 +315,8 @@ export class RpcClient implements AsyncDisposable {
    * queue can tell.
    */
   #onDeadline(calls: PendingCall[]): void {
-    const byQueue = Map.groupBy(calls, (call) => call.queue);
-    for (const [queue, waiting] of byQueue) {
-      const connectedThrough = this.#channel && waiting.every((call) => !call.lostConnection);
-      const finding: Promise<NoReplyDiagnosis> = connectedThrough
-        ? this.#inspector.diagnose(queue)
-        : Promise.resolve({ cause: "disconnected" });
-      finding.then((diagnosis) => {
+    for (const [queue, waiting] of Map.groupBy(calls, (call) => call.queue)) {
+      this.#diagnose(queue, waiting).then((diagnosis) => {
         for (const call of waiting) {
           call.reject(timeoutError(call.label, call.timeout, queue, diagnosis));
         }
@@ -316,9 +324,24 @@ export class RpcClient implements AsyncDisposable {
     }
   }
 
+  /**
+   * Why no reply came, as far as is known: a blocked connection needs no
+   * look at the queue (none would be answered), and a look takes half a
+   * second at most, so a call settles at its deadline, or just after it.
+   */
+  #diagnose(queue: string, calls: PendingCall[]): Promise<NoReplyDiagnosis> {
+    if (this.#blocked !== undefined) {
+      return Promise.resolve({ cause: "blocked", detail: this.#blocked });
+    }
+    if (!this.#session || calls.some((call) => call.lostConnection)) {
+      return Promise.resolve({ cause: "disconnected" });
+    }
+    return this.#inspector.diagnose(queue);
+  }
+
   /** A channel for a look at a queue, on the current connection. */
   #openSideChannel(): Promise<Channel> {
-    if (!this.#connection || !this.#channel) throw new Error("not connected to the broker");
+    if (!this.#connection || !this.#session) throw new Error("not connected to the broker");
     return this.#connection.createChannel();
   }
 
@@ -350,7 +373,8 @@ export class RpcClient implements AsyncDisposable {
       this.#pending.settle(call, new RpcError("closed", `${call.label}: the client was closed`));
     }
     this.#pending.stop();
-    this.#channel = undefined;
+    this.#session = undefined;
+    this.#log.flush();
     await this.#connection?.close().catch(ignoreError);
   }
 

@@ -164,6 +164,11 @@ export interface ConnectionOptions {
   setup: (model: ChannelModel) => Promise<void>;
   /** Hears which broker it is on, and each loss and reconnection. */
   log: (line: string) => void;
+  /**
+   * Hears the broker block this connection's publishing (a resource alarm:
+   * memory or disk), with the broker's reason, and unblock it (undefined).
+   */
+  blocked?: (reason: string | undefined) => void;
 }
 
 /**
@@ -183,7 +188,7 @@ export interface ConnectionOptions {
  */
 export async function openConnection(
   urls: readonly URL[],
-  { name, setup, log }: ConnectionOptions,
+  { name, setup, log, blocked }: ConnectionOptions,
 ): Promise<RecoveringChannelModel> {
   const brokers = new Brokers(urls);
   const failures: string[] = [];
@@ -214,6 +219,10 @@ export async function openConnection(
   connection.on("disconnect", (error: Error) => {
     log(` [!] Lost ${redact(brokers.current)}: ${describeFailure(error, brokers.current)}`);
   });
+  if (blocked) {
+    connection.on("blocked", (reason: string) => blocked(String(reason || "no reason given")));
+    connection.on("unblocked", () => blocked(undefined));
+  }
   connection.on("reconnect-scheduled", ({ delay }: { delay: number }) => {
     if (started) log(` [!] Reconnecting to ${redact(brokers.current)} in ${delay} ms`);
   });

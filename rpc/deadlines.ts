@@ -87,7 +87,9 @@ export class DeadlineSweep<Call extends WithDeadline> {
   #setTimer(at: number): void {
     clearTimeout(this.#timer);
     this.#timerAt = at;
-    this.#timer = at === Infinity ? undefined : setTimeout(() => this.#sweep(), at - Date.now());
+    this.#timer = at === Infinity
+      ? undefined
+      : setTimeout(() => this.#sweep(), Math.max(0, at - Date.now()));
   }
 
   #sweep(): void {

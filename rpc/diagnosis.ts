@@ -8,9 +8,10 @@ import type { Channel } from "npm:amqplib@^2.3.1";
 import { ignoreError, within } from "./connection.ts";
 import type { NoReplyDiagnosis } from "./errors.ts";
 
-/** How long one look at a queue serves the timeouts that follow it, and how long it may take, in ms. */
+/** How long one look at a queue serves the timeouts that follow it, in ms. */
 const DIAGNOSIS_REUSE_MS = 1_000;
-const LOOKUP_TIMEOUT_MS = 1_000;
+/** How long a look may take, in ms: a timed-out call waits this long at most for it. */
+const LOOKUP_TIMEOUT_MS = 500;
 
 /** What a look at a queue finds, if the queue exists. */
 export interface QueueState {

@@ -12,6 +12,7 @@
  * - `"timeout"`: no reply before the deadline; `diagnosis` says why;
  * - `"no-route"`: the request queue does not exist;
  * - `"connection-lost"`: the broker connection dropped, or is reconnecting;
+ * - `"rejected"`: the queue refused the request (full, or no leader yet);
  * - `"closed"`: the client was closed;
  * - `"bad-reply"`: the reply was too large, or not what the caller reads.
  */
@@ -20,26 +21,31 @@ export type RpcErrorCode =
   | "timeout"
   | "no-route"
   | "connection-lost"
+  | "rejected"
   | "closed"
   | "bad-reply";
 
 /**
  * Why a call timed out, as far as one look at the request queue tells:
  * - `"no-server"`: nobody consumes the queue; the request waits in it.
- * - `"no-answer"`: servers consume it but did not answer in time
- *   (overloaded, if `queued` is large; or slow, or the reply was lost).
+ * - `"no-answer"`: servers consume it but did not answer in time: they
+ *   are behind, if `queued` is large; if nothing waits in the queue, a
+ *   server took the request and was slow or lost the reply, or the request
+ *   expired in the queue (a queue TTL) before a server took it.
+ * - `"blocked"`: the broker blocks this client's publishing (a resource
+ *   alarm); `detail` is the broker's reason.
  * - `"disconnected"`: the connection to the broker was lost meanwhile.
  * - `"no-queue"`: the queue is gone.
  * - `"unknown"`: the look failed; `detail` says why.
  */
 export interface NoReplyDiagnosis {
   /** What the look at the queue found. */
-  cause: "no-server" | "no-answer" | "disconnected" | "no-queue" | "unknown";
+  cause: "no-server" | "no-answer" | "blocked" | "disconnected" | "no-queue" | "unknown";
   /** Servers consuming the request queue. */
   consumers?: number;
   /** Requests waiting in the request queue, not yet taken by any server. */
   queued?: number;
-  /** For `"unknown"`: why the look failed. */
+  /** For `"unknown"`: why the look failed; for `"blocked"`: the broker's reason. */
   detail?: string;
 }
 
@@ -105,16 +111,37 @@ export function timeoutError(
   queue: string,
   diagnosis: NoReplyDiagnosis,
 ): RpcError {
-  const { consumers, queued } = diagnosis;
-  const waiting = `${queued} request${queued === 1 ? "" : "s"} waiting in it`;
-  const servers = consumers === 1 ? "1 server consumes" : `${consumers} servers consume`;
   const why = {
-    "no-server": `no server consumes "${queue}" (${waiting}; start one)`,
-    "no-answer": `${servers} "${queue}" but none answered in time ` +
-      `(${waiting}: overloaded? add servers, or allow more time)`,
-    "disconnected": "the connection to the broker was lost meanwhile",
-    "no-queue": `the queue "${queue}" no longer exists`,
-    "unknown": `could not look at "${queue}" (${diagnosis.detail})`,
-  }[diagnosis.cause];
+    "no-server": () => `no server consumes "${queue}" (${waiting(diagnosis.queued)}; start one)`,
+    "no-answer": () => noAnswer(queue, diagnosis),
+    "blocked": () =>
+      `the broker is blocking publishers (${diagnosis.detail}): a resource alarm; ` +
+      `requests wait in this client until it clears`,
+    "disconnected": () => "the connection to the broker was lost meanwhile",
+    "no-queue": () => `the queue "${queue}" no longer exists`,
+    "unknown": () => `could not look at "${queue}" (${diagnosis.detail})`,
+  }[diagnosis.cause]();
   return new RpcError("timeout", `${label}: no reply within ${timeout} ms: ${why}`, diagnosis);
+}
+
+/** "N requests waiting in it". */
+function waiting(queued: number | undefined): string {
+  return `${queued} request${queued === 1 ? "" : "s"} waiting in it`;
+}
+
+/**
+ * Servers consume the queue, and none answered: advice only from what the
+ * look saw. Requests waiting mean the servers are behind; none waiting
+ * means a server took the request and was slow or lost the reply, or the
+ * request expired in the queue before any server took it.
+ */
+function noAnswer(queue: string, { consumers, queued }: NoReplyDiagnosis): string {
+  const servers = consumers === 1 ? "1 server consumes" : `${consumers} servers consume`;
+  if (queued) {
+    return `${servers} "${queue}" but none answered in time (${waiting(queued)}: ` +
+      `the servers are behind; add servers, or allow more time)`;
+  }
+  return `${servers} "${queue}" and no request waits in it: a server took the request ` +
+    `and did not answer in time (a slow handler, or a lost reply), or the request expired ` +
+    `in the queue before a server took it (a queue TTL, x-message-ttl?)`;
 }

@@ -5,7 +5,9 @@
  * @module
  */
 import type { Buffer } from "node:buffer";
-import type { Channel } from "npm:amqplib@^2.3.1";
+import type { Message } from "npm:amqplib@^2.3.1";
+import { RpcError } from "./errors.ts";
+import type { Session } from "./session.ts";
 import { DeadlineSweep } from "./deadlines.ts";
 
 /** A call waiting for its reply. */
@@ -24,17 +26,18 @@ export interface PendingCall {
   readonly timeout: number;
   /** Wait for a reconnection and send again, instead of failing at once. */
   readonly retry: boolean;
-  /** The channel it went out on; undefined while it waits to be sent. */
-  sentOn?: Channel;
+  /** The session (connection) it went out on; undefined while it waits to be sent. */
+  sentOn?: Session;
   /** It waited through a lost connection. */
   lostConnection: boolean;
   /** Settles the caller's promise with the reply. */
   resolve(value: Uint8Array): void;
   /** Settles the caller's promise with an error. */
   reject(error: unknown): void;
-  /** The caller's abort signal, and the listener on it. */
+  /** The caller's abort signal. */
   signal?: AbortSignal;
-  onAbort?: () => void;
+  /** How many times the broker refused it (a nack), for the backoff of `retry`. */
+  refusals: number;
 }
 
 /**
@@ -51,6 +54,13 @@ export interface PendingCall {
 export class PendingCalls {
   readonly #calls = new Map<string, PendingCall>();
   readonly #deadlines: DeadlineSweep<PendingCall>;
+  /**
+   * The calls that wait on each abort signal, under one listener per signal.
+   * One listener per call would make aborting n calls quadratic: each
+   * settled call would remove its listener from a list of n while the
+   * signal still delivers the abort.
+   */
+  readonly #bySignal = new Map<AbortSignal, { calls: Set<PendingCall>; onAbort: () => void }>();
 
   /** `onExpired` hears the calls whose deadline passed; they are forgotten already. */
   constructor(onExpired: (calls: PendingCall[]) => void) {
@@ -64,11 +74,23 @@ export class PendingCalls {
   add(call: PendingCall, signal: AbortSignal | undefined): void {
     this.#calls.set(call.correlationId, call);
     this.#deadlines.add(call);
-    if (!signal) return;
-    // Aborts: a signal's abort rejects the call with the signal's reason.
+    if (signal) this.#watch(call, signal);
+  }
+
+  /** Aborts: a signal's abort rejects its calls with the signal's reason. */
+  #watch(call: PendingCall, signal: AbortSignal): void {
     call.signal = signal;
-    call.onAbort = () => this.settle(call, signal.reason);
-    signal.addEventListener("abort", call.onAbort, { once: true });
+    let watched = this.#bySignal.get(signal);
+    if (!watched) {
+      const calls = new Set<PendingCall>();
+      const onAbort = () => {
+        this.#bySignal.delete(signal); // so that settling them removes nothing, one by one
+        for (const waiting of calls) this.settle(waiting, signal.reason);
+      };
+      this.#bySignal.set(signal, watched = { calls, onAbort });
+      signal.addEventListener("abort", onAbort, { once: true });
+    }
+    watched.calls.add(call);
   }
 
   /** The call waiting for this correlation id, if any. */
@@ -92,8 +114,16 @@ export class PendingCalls {
     if (this.#calls.get(call.correlationId) !== call) return false;
     this.#calls.delete(call.correlationId);
     this.#deadlines.delete(call);
-    if (call.onAbort) call.signal?.removeEventListener("abort", call.onAbort);
+    if (call.signal) this.#unwatch(call, call.signal);
     return true;
+  }
+
+  /** The last call on a signal takes the signal's listener with it: a long-lived signal keeps nothing. */
+  #unwatch(call: PendingCall, signal: AbortSignal): void {
+    const watched = this.#bySignal.get(signal);
+    if (!watched?.calls.delete(call) || watched.calls.size > 0) return;
+    this.#bySignal.delete(signal);
+    signal.removeEventListener("abort", watched.onAbort);
   }
 
   /** The pending calls, in the order they were made. */
@@ -110,4 +140,29 @@ export class PendingCalls {
   stop(): void {
     this.#deadlines.stop();
   }
+}
+
+/**
+ * A call's reply: too large (unread), an error reply (`type: "error"`,
+ * the server's message), or the answer's bytes.
+ *
+ * @example
+ * ```ts
+ * pending.settle(call, readReply(call, message, 64 * 1024));
+ * ```
+ */
+export function readReply(
+  call: PendingCall,
+  message: Message,
+  maxReplyBytes: number,
+): Uint8Array | RpcError {
+  const { content, properties } = message;
+  if (content.length > maxReplyBytes) {
+    return new RpcError(
+      "bad-reply",
+      `${call.label}: the reply has ${content.length} bytes, more than the ${maxReplyBytes} accepted`,
+    );
+  }
+  if (properties.type === "error") return new RpcError("remote", content.toString("utf8"));
+  return content;
 }

@@ -54,13 +54,19 @@ export class ReplySender {
     this.#log = log;
   }
 
-  /** Connects to the first of `urls` that answers; fails with one line if none does. */
-  static async open(urls: readonly URL[], name: string, log: RateLimitedLog): Promise<ReplySender> {
+  /** Connects to the first of `urls` that answers; fails with one line if none does. `blocked` hears resource alarms. */
+  static async open(
+    urls: readonly URL[],
+    name: string,
+    log: RateLimitedLog,
+    blocked: (reason: string | undefined) => void,
+  ): Promise<ReplySender> {
     const sender = new ReplySender(log);
     sender.#connection = await openConnection(urls, {
       name,
       setup: (model) => sender.#openChannel(model),
       log: (line) => log.write(`${line} (reply connection)`),
+      blocked,
     });
     return sender;
   }

@@ -72,6 +72,8 @@ export class RpcServer implements AsyncDisposable {
   #answered = 0;
   #skipped = 0;
   #stopping = false;
+  /** The connections the broker blocks now (a resource alarm). */
+  readonly #blocked = new Set<"requests" | "replies">();
   #closing?: Promise<void>;
 
   private constructor(options: ServerOptions) {
@@ -105,12 +107,14 @@ export class RpcServer implements AsyncDisposable {
       server.#urls,
       `${server.connectionName} replies`,
       server.#log,
+      (reason) => server.#onBlocked("replies", reason),
     );
     try {
       server.#requests = await openConnection(server.#urls, {
         name: server.connectionName,
         setup: (model) => server.#consume(model),
         log: (line) => server.#log.write(line),
+        blocked: (reason) => server.#onBlocked("requests", reason),
       });
     } catch (error) {
       await server.#replies.close().catch(ignoreError);
@@ -160,6 +164,7 @@ export class RpcServer implements AsyncDisposable {
   /** Requests arrive here, in order; async handlers take them one at a time. */
   #onRequest(channel: Channel, message: ConsumeMessage | null): void {
     if (message === null) return this.#onCancelled(channel);
+    if (this.#stopping) return giveBack(channel, message); // came on the way to close()
     if (this.#working) this.#backlog.push({ channel, message });
     else this.#compute(channel, message);
   }
@@ -233,7 +238,7 @@ export class RpcServer implements AsyncDisposable {
         (error) => this.#reply(channel, message, address, error, true),
       ).finally(() => {
         this.#working = false;
-        while (!this.#working && this.#backlog.length > 0) {
+        while (!this.#working && !this.#stopping && this.#backlog.length > 0) {
           const next = this.#backlog.shift()!;
           this.#compute(next.channel, next.message);
         }
@@ -286,11 +291,7 @@ export class RpcServer implements AsyncDisposable {
       }
       // Still no reply connection: give the request back for another server.
       this.#log.write(" [!] No reply connection; returning the request to the queue");
-      try {
-        channel.nack(message, false, true);
-      } catch (error) {
-        ignoreError(error); // the channel is gone: the broker requeues the request anyway
-      }
+      giveBack(channel, message);
     })());
   }
 
@@ -303,6 +304,25 @@ export class RpcServer implements AsyncDisposable {
     }
   }
 
+  /**
+   * A resource alarm (memory, disk): the broker stops reading from the
+   * connections that publish, so replies wait here until it clears. Said
+   * once when the first connection is blocked, and once when the last is
+   * unblocked.
+   */
+  #onBlocked(connection: "requests" | "replies", reason: string | undefined): void {
+    const before = this.#blocked.size;
+    if (reason === undefined) this.#blocked.delete(connection);
+    else this.#blocked.add(connection);
+    if (before === 0 && this.#blocked.size > 0) {
+      this.#log.write(
+        ` [!] The broker is blocking publishers (${reason}): replies wait until it clears`,
+      );
+    } else if (before > 0 && this.#blocked.size === 0) {
+      this.#log.write(" [x] The broker unblocked publishers: replies go out again");
+    }
+  }
+
   /** Work that close() waits for. */
   #track(work: Promise<void>): void {
     this.#inProgress.add(work);
@@ -310,8 +330,9 @@ export class RpcServer implements AsyncDisposable {
   }
 
   /**
-   * Shutting down: stops taking requests, finishes and acks the ones it has,
-   * then closes the channels and the connections. Safe to call twice.
+   * Shutting down: stops taking requests, finishes the one in progress,
+   * gives the ones not started back to the queue, then closes the channels
+   * and the connections. Safe to call twice.
    */
   close(): Promise<void> {
     this.#closing ??= this.#shutDown();
@@ -322,6 +343,9 @@ export class RpcServer implements AsyncDisposable {
     this.#stopping = true;
     const consumer = this.#consumer;
     if (consumer) await consumer.channel.cancel(consumer.consumerTag).catch(ignoreError);
+    // Requests not started go back to the queue at once, for the next
+    // server: a shutdown takes one handler's time, not prefetch handlers'.
+    for (const { channel, message } of this.#backlog.splice(0)) giveBack(channel, message);
     while (this.#inProgress.size > 0) await Promise.allSettled([...this.#inProgress]);
     // Channels before their connections: see ReplySender.close.
     await this.#replies?.close();
@@ -333,5 +357,14 @@ export class RpcServer implements AsyncDisposable {
   /** Closes the server, as {@linkcode RpcServer.close}. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+}
+
+/** Gives a request back to the queue, unanswered; if the channel is gone, the broker does it anyway. */
+function giveBack(channel: Channel, message: ConsumeMessage): void {
+  try {
+    channel.nack(message, false, true);
+  } catch (error) {
+    ignoreError(error);
   }
 }
