@@ -26,6 +26,7 @@ import {
 import { RateLimitedLog } from "./log.ts";
 import { type PendingCall, PendingCalls, readReply } from "./pending.ts";
 import { Session } from "./session.ts";
+import { startCallSpan } from "./tracing.ts";
 import { brokerUrls } from "./urls.ts";
 
 /** The first wait before a refused request goes out again with `retry`, and the longest, in ms. */
@@ -144,21 +145,25 @@ export class RpcClient implements AsyncDisposable {
     }
     const timeout = options.timeout ?? this.#timeout;
     return new Promise<Uint8Array>((resolve, reject) => {
+      const correlationId = crypto.randomUUID();
+      // With tracing on, a span for the whole call, its context in the headers.
+      const span = startCallSpan(queue, correlationId);
       const call: PendingCall = {
         queue,
         label,
         request: typeof request === "string"
           ? Buffer.from(request)
           : Buffer.from(request.buffer, request.byteOffset, request.byteLength),
-        correlationId: crypto.randomUUID(),
+        correlationId,
+        traceHeaders: span?.headers,
         deadline: Date.now() + timeout,
         timeout,
         retry: options.retry ?? this.#retry,
         sentOn: undefined, // every field set now: one object shape for all calls
         lostConnection: false,
         refusals: 0,
-        resolve,
-        reject,
+        resolve: span ? (reply) => (span.end(), resolve(reply)) : resolve,
+        reject: span ? (error) => (span.end(error), reject(error)) : reject,
         signal: undefined,
       };
       this.#pending.add(call, options.signal); // before publishing: no reply can outrun it
@@ -184,7 +189,7 @@ export class RpcClient implements AsyncDisposable {
           correlationId: call.correlationId,
           mandatory: true, // come back if no queue takes it
           expiration: String(Math.max(1, call.deadline - Date.now())), // nobody waits after this
-          headers: { [DEADLINE_HEADER]: call.deadline }, // servers skip what nobody awaits
+          headers: { ...call.traceHeaders, [DEADLINE_HEADER]: call.deadline }, // servers skip what nobody awaits
         },
         call.deadline,
         (refusal) => refusal && this.#refused(call, session, refusal),

@@ -20,6 +20,8 @@ export interface PendingCall {
   readonly request: Buffer;
   /** The request's `correlation_id`, which its reply carries back. */
   readonly correlationId: string;
+  /** `traceparent` and `tracestate`, with tracing on. */
+  readonly traceHeaders: Readonly<Record<string, string>> | undefined;
   /** When the caller stops waiting: ms since 1970. */
   readonly deadline: number;
   /** The call's timeout, in ms. */

@@ -19,6 +19,7 @@ import type {
 import { ignoreError, openConnection, within } from "./connection.ts";
 import { BadRequestError } from "./errors.ts";
 import type { RateLimitedLog } from "./log.ts";
+import type { ProcessSpan } from "./tracing.ts";
 
 /** How long a finished request waits for a lost reply connection to come back, in ms. */
 const REPLY_WAIT_MS = 5_000;
@@ -26,8 +27,8 @@ const REPLY_WAIT_MS = 5_000;
 /** What a handler may return: the reply's body, as bytes or as text (sent as UTF-8). */
 export type Reply = Uint8Array | string;
 
-/** Where a reply goes: the request's `reply_to` and `correlation_id`. */
-export type ReplyAddress = { replyTo: string; correlationId: string };
+/** Where a reply goes: the request's `reply_to` and `correlation_id`; and the request's span, with tracing on. */
+export type ReplyAddress = { replyTo: string; correlationId: string; span?: ProcessSpan };
 
 /** The properties of a reply: the request's correlation id, and `type: "error"` for an error reply. */
 export type ReplyProperties = { correlationId?: string; type?: string };
@@ -143,6 +144,7 @@ export function describeRefusal(error: unknown, log: RateLimitedLog): string {
 export function replyAddress(
   message: ConsumeMessage,
   log: RateLimitedLog,
+  span?: ProcessSpan,
 ): ReplyAddress | undefined {
   const { replyTo, correlationId } = message.properties;
   if (!replyTo) {
@@ -157,5 +159,5 @@ export function replyAddress(
     );
     return undefined;
   }
-  return { replyTo, correlationId };
+  return { replyTo, correlationId, span };
 }

@@ -16,6 +16,7 @@ import { ignoreError, openConnection } from "./connection.ts";
 import { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 import { BadRequestError } from "./errors.ts";
 import { RateLimitedLog } from "./log.ts";
+import { startProcessSpan } from "./tracing.ts";
 import {
   DEFAULT_PREFETCH,
   type Handler,
@@ -177,14 +178,29 @@ export class RpcServer implements AsyncDisposable {
 
   /** Runs the handler on one request; a request nobody can or will read is acked unanswered. */
   #compute(channel: Channel, message: ConsumeMessage): void {
-    if (this.#callerGaveUp(message)) return this.#skip(channel, message);
-    const address = replyAddress(message, this.#log);
-    if (!address) return this.#ack(channel, message); // nobody we can answer
+    const span = startProcessSpan(
+      this.queue,
+      message.properties.correlationId,
+      message.properties.headers,
+      message.fields.deliveryTag,
+    ); // undefined, at no cost, when tracing is off
+    if (this.#callerGaveUp(message)) {
+      span?.skip();
+      return this.#skip(channel, message);
+    }
+    const address = replyAddress(message, this.#log, span);
+    if (!address) {
+      span?.end({ code: "no-reply-to", message: "no usable reply_to: nobody to answer" });
+      return this.#ack(channel, message);
+    }
     let result: Reply | Promise<Reply>;
     try {
       if (!address.correlationId) throw new BadRequestError("request has no correlation_id");
       this.#logRequest(message);
-      result = this.#handler(message.content);
+      // Inside the span's context, so that the handler's own spans nest under it.
+      result = span
+        ? span.run(() => this.#handler(message.content))
+        : this.#handler(message.content);
     } catch (error) {
       return this.#reply(channel, message, address, error, true);
     }
@@ -270,28 +286,39 @@ export class RpcServer implements AsyncDisposable {
       : toBuffer(outcome as Reply);
     const properties = { correlationId: address.correlationId, type: failed ? "error" : undefined };
     if (!this.#replies!.publish(address.replyTo, body, properties)) {
-      return this.#replyWhenReconnected(channel, message, address.replyTo, body, properties);
+      return this.#replyWhenReconnected(
+        channel,
+        message,
+        address,
+        body,
+        properties,
+        failed && outcome,
+      );
     }
     this.#answered++;
     this.#ack(channel, message);
+    address.span?.end(failed ? outcome : undefined);
   }
 
-  /** The reply connection is being rebuilt: the request waits for it, unacked. */
+  /** The reply connection is being rebuilt: the request waits for it, unacked. `failure` is an error reply's error. */
   #replyWhenReconnected(
     channel: Channel,
     message: ConsumeMessage,
-    replyTo: string,
+    address: ReplyAddress,
     body: Buffer,
     properties: ReplyProperties,
+    failure: unknown,
   ): void {
     this.#track((async () => {
-      if (await this.#replies!.publishWhenBack(replyTo, body, properties)) {
+      if (await this.#replies!.publishWhenBack(address.replyTo, body, properties)) {
         this.#answered++;
-        return this.#ack(channel, message);
+        this.#ack(channel, message);
+        return address.span?.end(failure || undefined);
       }
       // Still no reply connection: give the request back for another server.
       this.#log.write(" [!] No reply connection; returning the request to the queue");
       giveBack(channel, message);
+      address.span?.end({ code: "requeued", message: "no reply connection" });
     })());
   }
 

@@ -1,0 +1,249 @@
+/**
+ * Tracing, after the OpenTelemetry messaging semantic conventions: a span
+ * per call on the client (`send <queue>`, PRODUCER), one per request on the
+ * server (`process <queue>`, CONSUMER), linked by the W3C `traceparent` and
+ * `tracestate` the request carries in its AMQP headers. The server's span is
+ * a child of the caller's (allowed for single messages), and links to it.
+ *
+ * Through `npm:@opentelemetry/api`: Deno's built-in OpenTelemetry
+ * (`OTEL_DENO=true`) or any SDK registered with the API. With neither, the
+ * `start*` functions return `undefined` after a few property reads.
+ *
+ * @module
+ */
+import {
+  type Attributes,
+  type Context,
+  context,
+  propagation,
+  ProxyTracerProvider,
+  ROOT_CONTEXT,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  type TextMapGetter,
+  trace,
+  type Tracer,
+  type TracerProvider,
+} from "npm:@opentelemetry/api@^1.9.0";
+
+/**
+ * The tracer's name: the package's (deno.json).
+ *
+ * @example
+ * ```ts
+ * trace.getTracer(TRACER_NAME, TRACER_VERSION);
+ * ```
+ */
+export const TRACER_NAME = "@amqp-rpc/rpc";
+
+/**
+ * The tracer's version: the package's, as in deno.json (a test checks it).
+ *
+ * @example
+ * ```ts
+ * console.log(`${TRACER_NAME}@${TRACER_VERSION}`);
+ * ```
+ */
+export const TRACER_VERSION = "0.1.0";
+
+/** What the API's own provider delegates to while no SDK is registered. */
+const NOOP_PROVIDER = new ProxyTracerProvider().getDelegate();
+
+let cachedProvider: TracerProvider | undefined;
+let cachedTracer: Tracer | undefined;
+
+/**
+ * Our tracer, or undefined while tracing is off. Looked up on every call:
+ * Deno registers its provider before user code runs, but an SDK may do so
+ * (or `trace.disable()` undo it) later, setting the delegate of the same
+ * API provider object: hence no cached verdict, but a look at the delegate.
+ */
+function activeTracer(): Tracer | undefined {
+  const provider = trace.getTracerProvider();
+  if (provider !== cachedProvider) [cachedProvider, cachedTracer] = [provider, undefined];
+  if (cachedTracer) return cachedTracer;
+  if (provider instanceof ProxyTracerProvider && provider.getDelegate() === NOOP_PROVIDER) {
+    return undefined;
+  }
+  return cachedTracer = provider.getTracer(TRACER_NAME, TRACER_VERSION);
+}
+
+/**
+ * Whether spans are made: a tracer provider is registered with the API
+ * (Deno's, with `OTEL_DENO=true`, or an SDK's). Cheap: ask on every call.
+ *
+ * @example
+ * ```ts
+ * if (tracingEnabled()) console.log("tracing RPC calls");
+ * ```
+ */
+export function tracingEnabled(): boolean {
+  return activeTracer() !== undefined;
+}
+
+/** A client's call, traced: see {@linkcode startCallSpan}. */
+export interface CallSpan {
+  /** `traceparent` (and `tracestate`, baggage) to add to the request's AMQP headers. */
+  readonly headers: Readonly<Record<string, string>>;
+  /**
+   * Ends the span: without `error`, the call was answered; with it, status
+   * ERROR with the error's message, and `error.type` its `code` if a string
+   * (an `RpcError`'s), else its `name`. Only the first call counts.
+   */
+  end(error?: unknown): void;
+}
+
+/**
+ * Starts the span of one call, `send <queue>` (kind PRODUCER), a child of
+ * the caller's active span; undefined when tracing is off.
+ *
+ * @example
+ * ```ts
+ * const span = startCallSpan("rpc_queue", correlationId);
+ * channel.sendToQueue("rpc_queue", body, { correlationId, headers: { ...span?.headers } });
+ * // when the call settles:
+ * span?.end(); // or span?.end(new RpcError("timeout", "no reply in 5000 ms"))
+ * ```
+ */
+export function startCallSpan(queue: string, correlationId: string): CallSpan | undefined {
+  const tracer = activeTracer();
+  if (!tracer) return undefined;
+  const span = tracer.startSpan(`send ${queue}`, {
+    kind: SpanKind.PRODUCER,
+    attributes: attributes("send", queue, correlationId),
+  });
+  const spanContext = trace.setSpan(context.active(), span);
+  const headers: Record<string, string> = {};
+  propagation.inject(spanContext, headers);
+  return new Traced(span, spanContext, headers);
+}
+
+/** A server's handling of one request, traced: see {@linkcode startProcessSpan}. */
+export interface ProcessSpan {
+  /** Runs `fn` (the handler) in the span's context: spans it starts are children of this one. */
+  run<T>(fn: () => T): T;
+  /**
+   * Ends the span: without `outcome`, the request was answered. With it,
+   * status ERROR with its message, and `error.type` its `code` if a string,
+   * else its `name`: pass `{ code: "rejected", message }` for a bad request,
+   * or the handler's error itself. Only the first call counts.
+   */
+  end(outcome?: unknown): void;
+  /** Ends the span for a request not computed because its caller gave up: `error.type` `skipped`. */
+  skip(reason?: string): void;
+}
+
+/**
+ * Starts the span of one request, `process <queue>` (kind CONSUMER), a
+ * child of the caller's span whose context the AMQP headers carry (a root
+ * span if they carry none); undefined when tracing is off. `headers` are
+ * amqplib's: values are strings, or Buffers from clients that send bytes.
+ *
+ * @example
+ * ```ts
+ * const span = startProcessSpan(queue, message.properties.correlationId, message.properties.headers);
+ * const reply = span ? span.run(() => handler(message.content)) : handler(message.content);
+ * span?.end(); // after the reply is sent; span?.end(error) for an error reply
+ * ```
+ */
+export function startProcessSpan(
+  queue: string,
+  correlationId: unknown,
+  headers: Record<string, unknown> | undefined,
+  deliveryTag?: number,
+): ProcessSpan | undefined {
+  const tracer = activeTracer();
+  if (!tracer) return undefined;
+  // ROOT, not the active context: that of the consumer callback is no parent of the request.
+  const parent = headers ? propagation.extract(ROOT_CONTEXT, headers, amqpHeaders) : ROOT_CONTEXT;
+  const creation = trace.getSpanContext(parent);
+  const span = tracer.startSpan(`process ${queue}`, {
+    kind: SpanKind.CONSUMER,
+    attributes: attributes("process", queue, correlationId, deliveryTag),
+    links: creation ? [{ context: creation }] : undefined,
+  }, parent);
+  return new Traced(span, trace.setSpan(parent, span));
+}
+
+/**
+ * Reads propagation fields from amqplib's decoded headers: a string
+ * (`longstr`, as we and most clients send them) or bytes (some clients send
+ * a byte array); anything else is ignored.
+ *
+ * @example
+ * ```ts
+ * propagation.extract(ROOT_CONTEXT, message.properties.headers ?? {}, amqpHeaders);
+ * ```
+ */
+export const amqpHeaders: {
+  keys(carrier: Record<string, unknown>): string[];
+  get(carrier: Record<string, unknown>, key: string): string | undefined;
+} = {
+  keys: (carrier) => Object.keys(carrier),
+  get(carrier, key) {
+    const value = Object.hasOwn(carrier, key) ? carrier[key] : undefined;
+    if (typeof value === "string") return value;
+    if (value instanceof Uint8Array) return new TextDecoder().decode(value);
+  },
+} satisfies TextMapGetter<Record<string, unknown>>;
+
+/** The attributes of both spans, set at the start (samplers may read them). */
+function attributes(
+  operation: "send" | "process",
+  queue: string,
+  correlationId: unknown,
+  deliveryTag?: number,
+): Attributes {
+  const result: Attributes = {
+    "messaging.system": "rabbitmq",
+    "messaging.operation.name": operation,
+    "messaging.operation.type": operation,
+    // Default exchange: the routing key is the queue, and names the destination.
+    "messaging.destination.name": queue,
+    "messaging.rabbitmq.destination.routing_key": queue,
+  };
+  if (typeof correlationId === "string" && correlationId) {
+    result["messaging.message.conversation_id"] = correlationId;
+  }
+  if (deliveryTag !== undefined) result["messaging.rabbitmq.message.delivery_tag"] = deliveryTag;
+  return result;
+}
+
+/** Both kinds: a call's span has headers, a request's a context to run the handler in. */
+class Traced implements CallSpan, ProcessSpan {
+  readonly headers: Readonly<Record<string, string>>;
+  #span: Span | undefined;
+  readonly #context: Context;
+
+  constructor(span: Span, spanContext: Context, headers: Record<string, string> = {}) {
+    this.#span = span;
+    this.#context = spanContext;
+    this.headers = headers;
+  }
+
+  run<T>(fn: () => T): T {
+    return context.with(this.#context, fn);
+  }
+
+  /** Status ERROR, with the message, and `error.type`, for a failure; nothing for success. */
+  end(failure?: unknown): void {
+    const span = this.#span;
+    if (!span) return;
+    this.#span = undefined;
+    if (failure !== undefined) {
+      const { code, name, message } = (failure ?? {}) as Record<string, unknown>;
+      const type = typeof code === "string" && code ? code : typeof name === "string" && name;
+      span.setAttribute("error.type", type || "_OTHER");
+      span.setStatus({
+        code: SpanStatusCode.ERROR,
+        message: typeof message === "string" ? message : String(failure),
+      });
+    }
+    span.end();
+  }
+
+  skip(reason = "the caller gave up: its deadline passed"): void {
+    this.end({ code: "skipped", message: reason });
+  }
+}
