@@ -153,11 +153,14 @@ export async function main(args: string[]): Promise<void> {
     fail("fib_client", error);
   }
   let interrupted = false;
-  Deno.addSignalListener("SIGINT", () => {
+  const interrupt = () => {
     console.error("fib_client: interrupted; closing the connection");
     interrupted = true;
     client.close(); // fails the calls in flight, which ends the wait below
-  });
+  };
+  Deno.addSignalListener("SIGINT", interrupt);
+  // SIGTERM too, so that the exit flushes traces; Windows has none to listen for.
+  if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", interrupt);
   const calls = numbers.map((n) => {
     console.log(` [x] Requesting fib(${n})`);
     return client.call(n);

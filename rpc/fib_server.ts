@@ -84,7 +84,9 @@ function stopOnSignals(server: FibonacciRpcServer): void {
       Deno.exit(1);
     }
     stopping = true;
-    console.log(` [x] ${signal}: finishing the request in progress (the others go back to the queue), then exiting`);
+    console.log(
+      ` [x] ${signal}: finishing the request in progress (the others go back to the queue), then exiting`,
+    );
     await server.close();
     Deno.exit(0);
   };

@@ -1,0 +1,195 @@
+/**
+ * Tests of the generic layer (RpcServer and RpcClient) against a real
+ * broker: handlers that return text or bytes, at once or later, that throw
+ * plain errors or BadRequestError; many calls at once; one client calling
+ * two queues.
+ *
+ * Run: `deno test -A rpc/generic_test.ts`.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import {
+  BadRequestError,
+  type Handler,
+  RpcClient,
+  RpcError,
+  RpcServer,
+  type ServerOptions,
+} from "./mod.ts";
+import { type Broker, BROKER_URL, delay, openBroker } from "./_test_util.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** The bytes as plain numbers, to compare contents whatever Uint8Array subclass holds them. */
+const bytes = (data?: Uint8Array) => [...data ?? []];
+
+/**
+ * A server on a fresh queue of `broker`'s, running `handler`, its log lines
+ * kept in `logged`.
+ */
+async function startServer(
+  broker: Broker,
+  handler: Handler,
+  options: Partial<ServerOptions> = {},
+) {
+  const logged: string[] = [];
+  const server = await RpcServer.start({
+    url: BROKER_URL,
+    queue: broker.newQueue(),
+    handler,
+    log: (line) => logged.push(line),
+    ...options,
+  });
+  return Object.assign(server, { logged });
+}
+
+Deno.test("a handler that returns a string: the caller gets its UTF-8 bytes", async () => {
+  await using broker = await openBroker();
+  await using server = await startServer(broker, (request) => {
+    return `hello, ${decoder.decode(request)} ✓`;
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  const reply = await client.call(server.queue, "wörld");
+  assert.ok(reply instanceof Uint8Array);
+  assert.deepEqual(bytes(reply), bytes(encoder.encode("hello, wörld ✓")));
+  assert.equal(decoder.decode(reply), "hello, wörld ✓");
+  assert.equal(server.answered, 1);
+});
+
+Deno.test("a handler of bytes: binary bodies with all 256 byte values round-trip byte for byte", async () => {
+  await using broker = await openBroker();
+  const received: Uint8Array[] = [];
+  await using server = await startServer(broker, (request) => {
+    received.push(Uint8Array.from(request)); // a copy (a Buffer's slice() is a view)
+    return Uint8Array.from(request).reverse();
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  const every = Uint8Array.from({ length: 256 }, (_, i) => i);
+  const twice = Uint8Array.from({ length: 512 }, (_, i) => (i * 7) % 256); // not in order
+  for (const request of [every, twice]) {
+    const reply = await client.call(server.queue, request);
+    assert.ok(received.at(-1) instanceof Uint8Array);
+    assert.deepEqual(bytes(received.at(-1)), bytes(request), "the handler got the bytes sent");
+    assert.deepEqual(bytes(reply), bytes(request).reverse(), "the caller got the bytes returned");
+  }
+  // Not text: the default log line gives only the size.
+  assert.ok(server.logged.includes(" [.] request of 256 bytes"), server.logged.join("\n"));
+  assert.ok(server.logged.includes(" [.] request of 512 bytes"), server.logged.join("\n"));
+});
+
+Deno.test("an async handler's result reaches its caller when it resolves", async () => {
+  await using broker = await openBroker();
+  await using server = await startServer(broker, async (request) => {
+    const text = decoder.decode(request);
+    await delay(Number(text)); // resolves after the handler has returned its promise
+    return encoder.encode(`waited ${text} ms`);
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  const replies = await Promise.all(["30", "0", "10"].map((ms) => client.call(server.queue, ms)));
+  assert.deepEqual(replies.map((reply) => decoder.decode(reply)), [
+    "waited 30 ms",
+    "waited 0 ms",
+    "waited 10 ms",
+  ]);
+  assert.equal(server.answered, 3);
+});
+
+Deno.test("a handler that throws: the caller gets an RpcError with code remote and the message, and the server goes on", async () => {
+  await using broker = await openBroker();
+  await using server = await startServer(broker, (request) => {
+    const text = decoder.decode(request);
+    if (text === "throw") throw new Error("asked to throw");
+    if (text === "reject") return Promise.reject(new Error("asked to reject"));
+    return text.toUpperCase();
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  await assert.rejects(client.call(server.queue, "throw"), (error: RpcError) => {
+    assert.ok(error instanceof RpcError);
+    assert.equal(error.name, "RpcError");
+    assert.equal(error.code, "remote");
+    assert.equal(error.message, "asked to throw");
+    return true;
+  });
+  await assert.rejects(client.call(server.queue, "reject"), {
+    name: "RpcError",
+    code: "remote",
+    message: "asked to reject",
+  });
+  assert.equal(decoder.decode(await client.call(server.queue, "still here")), "STILL HERE");
+  assert.equal(server.answered, 3, "two error replies and one result");
+  assert.equal(client.pendingCalls, 0);
+});
+
+Deno.test("200 calls at once over one client are all answered, each with its own reply", async () => {
+  await using broker = await openBroker();
+  await using server = await startServer(broker, (request) => {
+    return String(Number(decoder.decode(request)) * 3);
+  }, { log: null });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  const numbers = Array.from({ length: 200 }, (_, i) => i * 101);
+  const replies = await Promise.all(numbers.map((n) => client.call(server.queue, String(n))));
+  assert.deepEqual(
+    replies.map((reply) => Number(decoder.decode(reply))),
+    numbers.map((n) => n * 3),
+  );
+  assert.equal(server.answered, 200);
+  assert.equal(client.pendingCalls, 0);
+  assert.equal(client.droppedReplies, 0);
+});
+
+Deno.test("a BadRequestError is logged as a bad request, a plain Error as a failed handler", async () => {
+  await using broker = await openBroker();
+  await using server = await startServer(broker, (request) => {
+    const text = decoder.decode(request);
+    if (text === "bad") throw new BadRequestError("that is not a request");
+    throw new Error("something broke");
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  await assert.rejects(client.call(server.queue, "bad"), {
+    code: "remote",
+    message: "that is not a request",
+  });
+  await assert.rejects(client.call(server.queue, "good"), {
+    code: "remote",
+    message: "something broke",
+  });
+  const warnings = server.logged.filter((line) => line.startsWith(" [!] "));
+  assert.deepEqual(warnings, [
+    " [!] Bad request: that is not a request",
+    " [!] Handler failed: something broke",
+  ]);
+});
+
+Deno.test("one client calls two different queues, and each call gets its own server's reply", async () => {
+  await using broker = await openBroker();
+  await using upper = await startServer(broker, (request) => {
+    return decoder.decode(request).toUpperCase();
+  });
+  await using reverse = await startServer(broker, (request) => {
+    return [...decoder.decode(request)].reverse().join("");
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  const callbackQueue = client.callbackQueue;
+  assert.equal(decoder.decode(await client.call(upper.queue, "abc")), "ABC");
+  assert.equal(decoder.decode(await client.call(reverse.queue, "abc")), "cba");
+  // At once, interleaved.
+  const replies = await Promise.all(
+    ["one", "two", "three"].flatMap((word) => [
+      client.call(upper.queue, word),
+      client.call(reverse.queue, word),
+    ]),
+  );
+  assert.deepEqual(replies.map((reply) => decoder.decode(reply)), [
+    "ONE",
+    "eno",
+    "TWO",
+    "owt",
+    "THREE",
+    "eerht",
+  ]);
+  assert.equal(client.callbackQueue, callbackQueue, "one callback queue for both");
+  assert.equal(upper.answered, 4);
+  assert.equal(reverse.answered, 4);
+});
