@@ -8,14 +8,16 @@
  * deno run -A bench/child.ts '{"mode":"cold","url":"amqp://127.0.0.1","queue":"rpc_queue"}'
  * ```
  *
- * - `cold`: one call as `rpc_client.ts 30` makes it, stamping each phase
- *   (modules loaded, connected, answered, closed) in ms since the epoch;
+ * - `cold`: one call as `rpc/fib_client.ts 30` makes it, with the library
+ *   (`rpc/mod.ts`), stamping each phase (modules loaded, connected, answered,
+ *   closed) in ms since the epoch;
  * - `cold-raw`: the same call in raw amqplib steps, to split connecting from
  *   declaring the callback queue;
- * - `memory`: `calls` pipelined calls from one client (ours or raw), printing
- *   RSS and heap every tenth of the way, as JSON lines;
- * - `slow-server`: our server with a handler that busy-waits `workMs` per
- *   request, with or without skipping late requests; prints its counts on SIGTERM.
+ * - `memory`: `calls` pipelined calls from one client (ours, `FibonacciRpcClient`,
+ *   or raw), printing RSS and heap every tenth of the way, as JSON lines;
+ * - `slow-server`: our server (`FibonacciRpcServer`) with a handler that
+ *   busy-waits `workMs` per request, with or without skipping late requests;
+ *   prints its counts on SIGTERM.
  *
  * Nothing is imported statically, so the first statement runs as soon as Deno
  * has started, and each import is timed where it happens.
@@ -44,7 +46,7 @@ interface Config {
 /** [phase, ms since the epoch at its end], starting with this module's first statement. */
 type Stamps = [string, number][];
 
-/** Loads the Node built-ins that amqplib and our scripts need, in three timed steps. */
+/** Loads the Node built-ins that amqplib and our library need, in three timed steps. */
 async function builtIns(): Promise<Stamps> {
   const stamps: Stamps = [["deno started", startedAt]];
   await import("node:buffer");
@@ -60,8 +62,8 @@ async function cold(config: Config): Promise<Stamps> {
   const stamps = await builtIns();
   await import("npm:amqplib@^2.3.1");
   stamps.push(["amqplib loaded", now()]);
-  const { FibonacciRpcClient } = await import("../rpc_client.ts");
-  stamps.push(["rpc_client.ts loaded", now()]);
+  const { FibonacciRpcClient } = await import("../rpc/mod.ts");
+  stamps.push(["rpc/mod.ts loaded", now()]);
   const client = await FibonacciRpcClient.connect({ url: config.url, queue: config.queue });
   stamps.push(["connected (connection, channel, callback queue, consumer)", now()]);
   await client.call(30);
@@ -108,7 +110,7 @@ async function memory(config: Config): Promise<void> {
   let close: () => Promise<void>;
   let pending = () => 0;
   if (config.client === "ours") {
-    const { FibonacciRpcClient } = await import("../rpc_client.ts");
+    const { FibonacciRpcClient } = await import("../rpc/mod.ts");
     const client = await FibonacciRpcClient.connect({
       url: config.url,
       queue: config.queue,
@@ -162,44 +164,26 @@ async function memory(config: Config): Promise<void> {
   await close();
 }
 
-/** What the slow server needs of `rpc_server.ts`, old API (`startServer`) or new (`RpcServer.start`). */
-interface ServerModule {
-  fib(n: number): bigint;
-  startServer?: StartServer;
-  RpcServer?: { start?: StartServer };
-}
-type StartServer = (options: {
-  url: string;
-  queue: string;
-  prefetch?: number;
-  queueType: "quorum";
-  log: null;
-  skipLate?: boolean;
-  handler: (n: number) => bigint;
-}) => Promise<{ close(): Promise<void>; readonly answered: number; readonly skipped?: number }>;
-
 async function slowServer(config: Config): Promise<void> {
-  const module = await import("../rpc_server.ts") as unknown as ServerModule;
-  const start = module.startServer ?? module.RpcServer?.start?.bind(module.RpcServer);
-  if (!start) throw new Error("rpc_server.ts exports neither startServer nor RpcServer.start");
+  const { FibonacciRpcServer, fib } = await import("../rpc/mod.ts");
   const workMs = config.workMs ?? 20;
-  const server = await start({
+  const server = await FibonacciRpcServer.start({
     url: config.url,
     queue: config.queue,
     prefetch: config.prefetch,
     queueType: "quorum",
     log: null,
-    skipLate: config.skipLate, // a server without the option ignores it
+    skipLate: config.skipLate,
     handler: (n: number) => {
       const until = performance.now() + workMs;
       while (performance.now() < until) { /* a slow handler, on the CPU like real work */ }
-      return module.fib(n);
+      return fib(n);
     },
   });
   console.log(" [x] Awaiting RPC requests");
   const stop = async () => {
     await server.close();
-    console.log(JSON.stringify({ answered: server.answered, skipped: server.skipped ?? null }));
+    console.log(JSON.stringify({ answered: server.answered, skipped: server.skipped }));
     Deno.exit(0);
   };
   Deno.addSignalListener("SIGTERM", stop);
@@ -210,7 +194,7 @@ if (import.meta.main) {
   const config: Config = JSON.parse(Deno.args[0] ?? "{}");
   if (config.mode === "cold" || config.mode === "cold-raw") {
     console.log(JSON.stringify(await (config.mode === "cold" ? cold : coldRaw)(config)));
-    Deno.exit(0); // as rpc_client.ts does once its calls are done
+    Deno.exit(0); // as rpc/fib_client.ts does once its calls are done
   } else if (config.mode === "memory") await memory(config);
   else if (config.mode === "slow-server") await slowServer(config);
   else {
