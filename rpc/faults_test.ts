@@ -208,7 +208,7 @@ Deno.test({
     await using _queue = { [Symbol.asyncDispose]: () => deleteQueue(CLUSTER_URLS, queue) };
     const serverLog: string[] = [];
     using held = heldHandler();
-    await using server = await FibonacciRpcServer.start({
+    await using _server = await FibonacciRpcServer.start({
       url,
       queue,
       handler: (n) => n === 30 ? held.handler(n) : fib(n),
