@@ -15,6 +15,11 @@
  *   declaring the callback queue;
  * - `memory`: `calls` pipelined calls from one client (ours, `FibonacciRpcClient`,
  *   or raw), printing RSS and heap every tenth of the way, as JSON lines;
+ * - `pipelined`: our client (`FibonacciRpcClient`) makes `warmup` calls, then
+ *   `calls` calls at `concurrency` in flight, and prints one JSON line: its
+ *   calls/s, the CPU this process spent on them, and whether it traced
+ *   (the tracing measurement runs it with and without `OTEL_DENO=true`,
+ *   which Deno reads only at start-up);
  * - `slow-server`: our server (`FibonacciRpcServer`) with a handler that
  *   busy-waits `workMs` per request, with or without skipping late requests;
  *   prints its counts on SIGTERM.
@@ -30,13 +35,15 @@ const startedAt = performance.timeOrigin + performance.now();
 const now = () => performance.timeOrigin + performance.now();
 
 interface Config {
-  mode: "cold" | "cold-raw" | "memory" | "slow-server";
+  mode: "cold" | "cold-raw" | "memory" | "pipelined" | "slow-server";
   url: string;
   queue: string;
   /** memory: which client. */
   client?: "ours" | "raw-full" | "raw-plain";
   calls?: number;
   concurrency?: number;
+  /** pipelined: calls made before the timed ones. */
+  warmup?: number;
   /** slow-server */
   prefetch?: number;
   workMs?: number;
@@ -164,6 +171,53 @@ async function memory(config: Config): Promise<void> {
   await close();
 }
 
+/** Keeps `concurrency` calls in flight until `calls` are done or 120 s passed; how many were. */
+async function keepInFlight(call: () => Promise<unknown>, calls: number, concurrency: number) {
+  const deadline = performance.now() + 120_000;
+  let started = 0, done = 0;
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (started < calls && performance.now() < deadline) {
+      started++;
+      await call();
+      done++;
+    }
+  }));
+  return done;
+}
+
+/** Prints {tracing, warmup, calls, ms, callsPerSecond, cpuMs} for the timed calls, as JSON. */
+async function pipelined(config: Config): Promise<void> {
+  const concurrency = config.concurrency ?? 256;
+  const { default: process } = await import("node:process");
+  const { FibonacciRpcClient } = await import("../rpc/mod.ts");
+  const { tracingEnabled } = await import("../rpc/tracing.ts");
+  const client = await FibonacciRpcClient.connect({
+    url: config.url,
+    queue: config.queue,
+    replyQueue: "exclusive",
+  });
+  try {
+    const warmup = await keepInFlight(() => client.call(1), config.warmup ?? 500, concurrency);
+    const cpu = () => {
+      const { user, system } = process.cpuUsage(); // the whole process: every thread
+      return (user + system) / 1000;
+    };
+    const [began, cpuBefore] = [performance.now(), cpu()];
+    const calls = await keepInFlight(() => client.call(1), config.calls ?? 3_000, concurrency);
+    const [ms, cpuMs] = [performance.now() - began, cpu() - cpuBefore];
+    console.log(JSON.stringify({
+      tracing: tracingEnabled(),
+      warmup,
+      calls,
+      ms,
+      callsPerSecond: (1000 * calls) / ms,
+      cpuMs,
+    }));
+  } finally {
+    await client.close();
+  }
+}
+
 async function slowServer(config: Config): Promise<void> {
   const { FibonacciRpcServer, fib } = await import("../rpc/mod.ts");
   const workMs = config.workMs ?? 20;
@@ -196,6 +250,7 @@ if (import.meta.main) {
     console.log(JSON.stringify(await (config.mode === "cold" ? cold : coldRaw)(config)));
     Deno.exit(0); // as rpc/fib_client.ts does once its calls are done
   } else if (config.mode === "memory") await memory(config);
+  else if (config.mode === "pipelined") await pipelined(config);
   else if (config.mode === "slow-server") await slowServer(config);
   else {
     console.error(`child.ts: unknown mode ${JSON.stringify(config.mode)} (see rpc_bench.ts)`);

@@ -21,7 +21,15 @@
  *    and where a cold run's time goes;
  * 6. `recovery`: how soon an overloaded server answers a fresh call after a
  *    burst of calls with short deadlines, skipping late requests or not;
- * 7. `prefetch`: throughput for fast work and total time for uneven work.
+ * 7. `prefetch`: throughput for fast work and total time for uneven work;
+ * 8. `tracing`: what OpenTelemetry costs: our pair with `OTEL_DENO=true` in
+ *    both processes against our pair without it, each client in a fresh
+ *    process, spans going to a small OTLP/HTTP receiver in this process;
+ *    and the cost of `startCallSpan` with tracing off, per call.
+ *
+ * Tracing is off everywhere else: the processes it starts get no `OTEL_*`
+ * variable (except the tracing measurement's "on" pair), and the header says
+ * whether this process traces (it does if started with `OTEL_DENO=true`).
  *
  * Every figure comes from paired, interleaved turns (each turn runs every
  * contender once, in a rotating order), reported as the median with the
@@ -49,6 +57,7 @@ import { parseArgs } from "node:util";
 import amqp from "npm:amqplib@^2.3.1";
 import type { Channel, ChannelModel } from "npm:amqplib@^2.3.1";
 import { DEADLINE_GRACE_MS, DEFAULT_PREFETCH, FibonacciRpcClient, RpcClient } from "../rpc/mod.ts";
+import { startCallSpan, tracingEnabled } from "../rpc/tracing.ts";
 import { rawClient } from "./raw.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -62,6 +71,7 @@ const MEASUREMENTS = [
   "cold",
   "recovery",
   "prefetch",
+  "tracing",
 ] as const;
 type Measurement = typeof MEASUREMENTS[number];
 
@@ -70,7 +80,7 @@ const USAGE = `Usage: deno run -A bench/rpc_bench.ts [options]   (or: deno task 
 Benchmarks the RPC pair against raw amqplib and a Python pika pair; prints Markdown tables.
 
 Options:
-  --quick          fewer and shorter turns (about a minute instead of 5 to 6)
+  --quick          fewer and shorter turns (about a minute and a half instead of 6 to 8)
   --only LIST      comma-separated measurements: ${MEASUREMENTS.join(",")}
   --json           print the figures as JSON instead of tables
   --no-python      skip the Python pika rows
@@ -88,6 +98,14 @@ function plan(quick: boolean) {
     cold: { turns: pick(10, 4) },
     recovery: { turns: pick(5, 2), burst: 600, deadlineMs: 300, workMs: 20 },
     prefetch: { turns: pick(3, 1), fast: pick(2_000, 1_000), uneven: pick(500, 300) },
+    tracing: {
+      turns: pick(13, 5),
+      calls: pick(3_000, 1_000),
+      warmup: pick(1_000, 500),
+      concurrency: 256,
+      microIterations: 1_000_000,
+      microRounds: pick(7, 3),
+    },
   };
 }
 
@@ -241,6 +259,11 @@ interface ServerSpec {
   type: QueueType;
   prefetch?: number;
   count?: number;
+  /**
+   * The tracing measurement's own servers: "on" with `OTEL_DENO=true` and
+   * the OTLP variables of `Lab.otel`, "off" without (like every other).
+   */
+  tracing?: "off" | "on";
 }
 
 /** CPU ms: this process (the clients), the server processes, the broker. */
@@ -265,6 +288,8 @@ class Lab {
   readonly #files = new Set<string>();
   readonly #servers = new Map<string, Running>();
   #closing: Promise<void> | undefined;
+  /** The environment that turns tracing on, while the tracing measurement's receiver runs. */
+  otel: Record<string, string> | undefined;
 
   private constructor(
     readonly settings: Settings,
@@ -354,9 +379,14 @@ class Lab {
     }
     // One after another: two servers declaring one new quorum queue at once
     // can crash the broker's channel (a 541 INTERNAL_ERROR on basic.consume).
+    const env = { RPC_QUEUE: queue };
+    if (spec.tracing === "on") {
+      if (!this.otel) throw new Error("a tracing server needs the OTLP receiver running");
+      Object.assign(env, this.otel);
+    }
     for (let i = 0; i < count; i++) {
       const [command, args, stdout] = this.#serverCommand(spec, queue, running.log);
-      running.children.push(this.spawn(command, args, { RPC_QUEUE: queue }, stdout));
+      running.children.push(this.spawn(command, args, env, stdout));
       await this.consumers(queue, i + 1, running.children);
     }
     this.#servers.set(key, running);
@@ -423,7 +453,8 @@ class Lab {
     const child = new Deno.Command(command, {
       args,
       cwd: ROOT,
-      env: { AMQP_URL: this.settings.url, ...env },
+      clearEnv: true,
+      env: childEnv({ AMQP_URL: this.settings.url, ...env }),
       stdin: "null",
       stdout,
       stderr: "inherit",
@@ -500,7 +531,8 @@ async function run(
   const child = new Deno.Command(command, {
     args,
     cwd: ROOT,
-    env,
+    clearEnv: true,
+    env: childEnv(env),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -508,6 +540,15 @@ async function run(
   }).spawn();
   track(child);
   return await child.output();
+}
+
+/**
+ * A child's environment: this process's without any `OTEL_*` variable (so
+ * tracing is off unless `extra` turns it on), plus `extra`.
+ */
+function childEnv(extra: Record<string, string>): Record<string, string> {
+  const env = Object.entries(Deno.env.toObject()).filter(([name]) => !name.startsWith("OTEL_"));
+  return { ...Object.fromEntries(env), ...extra };
 }
 
 /** Every process the benchmark started and that is still running, for Lab.close() to stop. */
@@ -803,6 +844,7 @@ async function throughput(lab: Lab) {
   say(`FibonacciRpcClient; generic: bench/generic_server.ts (RpcServer) and RpcClient.`);
   say(`Our servers' stdout went to files: ${logLines(quorum)} lines (Fibonacci, generic) on`);
   say(`the quorum queue, ${logLines(classic)} on the classic one.`);
+  say(tracingEnabled() ? tracingHere() : "Tracing off in every row: OTEL_DENO unset everywhere.");
   for (const type of ["quorum", "classic"] as const) {
     const figure = ratios[type]["ours / raw, same features"];
     verdict(`throughput, ${type}: ours / raw same features >= 0.95`, figure, 0.95, true);
@@ -1200,6 +1242,298 @@ async function prefetch(lab: Lab) {
   }
 }
 
+// --- tracing ------------------------------------------------------------------
+
+/** What the OTLP receiver was sent: POSTs, and the spans of /v1/traces by their name's first word. */
+interface Received {
+  posts: number;
+  traceExports: number;
+  spans: number;
+  send: number;
+  process: number;
+  rejected: number;
+}
+
+/** The largest export the receiver reads (Deno sends at most 512 spans, well under 2 MiB). */
+const OTLP_MAX_BODY = 32 * 2 ** 20;
+
+/**
+ * A local OTLP/HTTP receiver for JSON (what Deno sends with
+ * `OTEL_EXPORTER_OTLP_PROTOCOL=http/json`) on 127.0.0.1, a port of its own:
+ * answers 200 `{}` to every POST (traces, logs, metrics), counts the spans
+ * sent to /v1/traces, keeps nothing else; a body over 32 MiB gets 413.
+ */
+function otlpReceiver() {
+  const received: Received = {
+    posts: 0,
+    traceExports: 0,
+    spans: 0,
+    send: 0,
+    process: 0,
+    rejected: 0,
+  };
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (request) => {
+    if (request.method !== "POST") return new Response(null, { status: 405 });
+    received.posts++;
+    const body = await readBody(request);
+    if (body === undefined) {
+      received.rejected++;
+      return new Response(null, { status: 413 });
+    }
+    if (new URL(request.url).pathname === "/v1/traces") {
+      received.traceExports++;
+      try {
+        countSpans(JSON.parse(body), received);
+      } catch {
+        received.rejected++;
+        return new Response(null, { status: 400 });
+      }
+    }
+    return Response.json({});
+  });
+  return {
+    received,
+    endpoint: `http://127.0.0.1:${server.addr.port}`,
+    close: () => server.shutdown(),
+  };
+}
+
+/** The request's body as text, gunzipped if need be; undefined past OTLP_MAX_BODY. */
+async function readBody(request: Request): Promise<string | undefined> {
+  if (Number(request.headers.get("content-length")) > OTLP_MAX_BODY) return undefined;
+  let stream = request.body;
+  if (!stream) return "";
+  if (request.headers.get("content-encoding") === "gzip") {
+    stream = stream.pipeThrough(new DecompressionStream("gzip"));
+  }
+  const chunks: Uint8Array<ArrayBuffer>[] = [];
+  let size = 0;
+  for await (const chunk of stream) {
+    size += chunk.byteLength;
+    if (size > OTLP_MAX_BODY) return undefined; // leaving the loop cancels the stream
+    chunks.push(chunk);
+  }
+  return await new Blob(chunks).text();
+}
+
+/** Adds the spans of an OTLP/JSON trace export to `received`, by their name's first word. */
+function countSpans(body: unknown, received: Received): void {
+  type Export = { resourceSpans?: { scopeSpans?: { spans?: { name?: unknown }[] }[] }[] };
+  for (const resource of (body as Export).resourceSpans ?? []) {
+    for (const scope of resource.scopeSpans ?? []) {
+      for (const span of scope.spans ?? []) {
+        received.spans++;
+        const word = typeof span.name === "string" ? span.name.split(" ")[0] : "";
+        if (word === "send" || word === "process") received[word]++;
+      }
+    }
+  }
+}
+
+/** One turn of the tracing measurement: a fresh client process against `server`. */
+async function tracedTurn(lab: Lab, server: Running, on: boolean) {
+  const { calls, warmup, concurrency } = lab.settings.plan.tracing;
+  const config = {
+    mode: "pipelined",
+    url: lab.settings.url,
+    queue: server.queue,
+    calls,
+    warmup,
+    concurrency,
+  };
+  const env = on ? { ...lab.otel!, OTEL_SERVICE_NAME: "rpc_bench.client" } : {};
+  const pids = server.children.map((child) => child.pid);
+  const before = await lab.cpu(pids);
+  const args = ["run", "-A", "bench/child.ts", JSON.stringify(config)];
+  const output = await run(Deno.execPath(), args, 180_000, env);
+  const after = await lab.cpu(pids);
+  if (!output.success) {
+    throw new Error(`a pipelined client failed: ${new TextDecoder().decode(output.stderr).trim()}`);
+  }
+  const line = new TextDecoder().decode(output.stdout).trim().split("\n").at(-1)!;
+  const result = JSON.parse(line) as {
+    tracing: boolean;
+    warmup: number;
+    calls: number;
+    callsPerSecond: number;
+    cpuMs: number;
+  };
+  if (result.tracing !== on) throw new Error(`a client traced: ${result.tracing}, expected ${on}`);
+  return {
+    callsPerSecond: result.callsPerSecond,
+    calls: result.calls,
+    served: result.warmup + result.calls,
+    cpuMs: {
+      client: result.cpuMs,
+      server: after.server - before.server,
+      broker: after.broker - before.broker,
+      receiver: after.client - before.client,
+    },
+  };
+}
+
+type TracedTurn = Awaited<ReturnType<typeof tracedTurn>>;
+
+/** Interleaved turns of our pair with tracing off and on, one queue type; the first is dropped. */
+async function tracingOn(lab: Lab, type: QueueType) {
+  const { turns } = lab.settings.plan.tracing;
+  const specs: Record<"off" | "on", ServerSpec> = {
+    off: { kind: "ours", type, tracing: "off" },
+    on: { kind: "ours", type, tracing: "on" },
+  };
+  try {
+    const servers = { off: await lab.server(specs.off), on: await lab.server(specs.on) };
+    const runs = await interleaved(
+      turns + 1, // the first turn warms the servers up; it is dropped below
+      mapValues(servers, (server, name) => () => tracedTurn(lab, server, name === "on")),
+    );
+    const served = runs.on.reduce((sum, turn) => sum + turn.served, 0); // all: each made spans
+    for (const list of Object.values(runs)) list.shift();
+    return { runs: runs as Record<"off" | "on", TracedTurn[]>, spansExpected: served };
+  } finally {
+    // Stopped before the receiver closes: the server sends its last spans as it exits.
+    for (const spec of Object.values(specs)) await lab.stopServer(spec);
+  }
+}
+
+/**
+ * The hot path with tracing off: `startCallSpan` and `end`, as the client
+ * calls them for every call, in a tight loop; ns per call, median of the
+ * rounds after a dropped first. Undefined if this process traces.
+ */
+function spanMicro(iterations: number, rounds: number): Spread | undefined {
+  if (tracingEnabled()) return undefined;
+  const perRound: number[] = [];
+  let made = 0;
+  for (let round = 0; round <= rounds; round++) {
+    const began = performance.now();
+    for (let i = 0; i < iterations; i++) {
+      const span = startCallSpan("rpc_queue", "5f0c9a3e-4b7d-4c1a-9e2f-8d6b3a1c0e57");
+      span?.end();
+      if (span) made++;
+    }
+    perRound.push(((performance.now() - began) * 1e6) / iterations);
+  }
+  if (made) throw new Error(`startCallSpan made ${made} spans with tracing off`);
+  return spread(perRound.slice(1));
+}
+
+/** Whether this process traces: the in-process clients' rows are tracing-off only if not. */
+function tracingHere(): string {
+  return tracingEnabled()
+    ? "Tracing is ON in this process (OTEL_DENO=true): the rows of its own clients trace."
+    : "Tracing off (OTEL_DENO unset) in this process and every server, except where marked on.";
+}
+
+/**
+ * 8. What tracing costs: our pair (rpc/fib_server.ts, FibonacciRpcClient in
+ * a fresh process) with `OTEL_DENO` unset, against the same pair with
+ * `OTEL_DENO=true` in both processes, exporting to a local receiver.
+ */
+async function tracing(lab: Lab) {
+  const { turns, calls, warmup, concurrency, microIterations, microRounds } =
+    lab.settings.plan.tracing;
+  const receiver = otlpReceiver();
+  lab.otel = {
+    OTEL_DENO: "true",
+    OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
+    OTEL_SERVICE_NAME: "rpc_bench.fib_server",
+  };
+  const both: Partial<Record<QueueType, Awaited<ReturnType<typeof tracingOn>>>> = {};
+  try {
+    for (const type of ["quorum", "classic"] as const) both[type] = await tracingOn(lab, type);
+  } finally {
+    lab.otel = undefined;
+    await receiver.close();
+  }
+  const { received } = receiver;
+  const results: Record<string, unknown> = { turns, calls, warmup, concurrency, received };
+  const rows: string[][] = [];
+  const lines: string[] = [];
+  let expected = 0;
+  for (const [type, { runs, spansExpected }] of Object.entries(both)) {
+    expected += spansExpected;
+    const rates = mapValues(runs, (list) => list.map((turn) => turn.callsPerSecond));
+    const onOverOff = ratio(rates.on, rates.off);
+    const perCall = (list: TracedTurn[], key: "client" | "server" | "broker" | "receiver") => {
+      const ms = list.reduce((sum, turn) => sum + turn.cpuMs[key], 0);
+      const count = list.reduce(
+        (sum, turn) => sum + (key === "client" ? turn.calls : turn.served),
+        0,
+      );
+      return (1000 * ms) / count;
+    };
+    const cpu = mapValues(runs, (list) => ({
+      client: perCall(list, "client"),
+      server: perCall(list, "server"),
+      broker: perCall(list, "broker"),
+      receiver: perCall(list, "receiver"),
+    }));
+    rows.push([
+      type,
+      show(spread(rates.off)),
+      show(spread(rates.on)),
+      show(onOverOff, fixed(2)),
+      interval(onOverOff),
+      ...(["client", "server", "broker"] as const).flatMap((key) => [
+        int(cpu.off[key]),
+        int(cpu.on[key]),
+      ]),
+      int(cpu.on.receiver),
+    ]);
+    lines.push(
+      `tracing on, ${type}: ${int(spread(rates.on).median)} calls/s vs ` +
+        `${int(spread(rates.off).median)} off, ratio ${fixed(2)(onOverOff.median)} ` +
+        `(95 % interval ${interval(onOverOff)}; min–max ${fixed(2)(onOverOff.min)}–` +
+        `${fixed(2)(onOverOff.max)})`,
+    );
+    results[type] = { callsPerSecond: rates, ratio: onOverOff, cpuMicrosPerCall: cpu };
+  }
+  table(
+    `Tracing: our pair (rpc/fib_server.ts, FibonacciRpcClient), each client in a fresh process ` +
+      `(bench/child.ts pipelined): off = OTEL_DENO unset, on = OTEL_DENO=true in server and ` +
+      `client, spans sent as OTLP/HTTP JSON to a receiver in this process; ${int(warmup)} ` +
+      `warm-up calls, then ${int(calls)} at ${concurrency} in flight; calls/s and on / off per ` +
+      `turn, median (min–max) of ${turns} interleaved turns (a first one dropped); CPU per call ` +
+      `in µs over all turns`,
+    [
+      "queue",
+      "off",
+      "on",
+      "on / off",
+      "95 % interval",
+      "client: off",
+      "on",
+      "server: off",
+      "on",
+      "broker: off",
+      "on",
+      "receiver: on",
+    ],
+    rows,
+  );
+  say("");
+  for (const line of lines) say(line);
+  say(
+    `Spans received: ${int(received.spans)} in ${int(received.traceExports)} trace exports ` +
+      `(${int(received.send)} "send", ${int(received.process)} "process"; each expected ` +
+      `${int(expected)}, one per call of the "on" clients, warm-up included); ` +
+      `${int(received.posts)} POSTs in all, ${int(received.rejected)} refused.`,
+  );
+  say(`Client CPU: the child's own, over its timed calls; server, broker and receiver (this`);
+  say(`process, parsing the exports): over each client process's life, per call it made.`);
+  say(`The "ours" rows of the other tables are tracing off: OTEL_DENO unset everywhere.`);
+  const micro = spanMicro(microIterations, microRounds);
+  if (micro) {
+    say(
+      `\nstartCallSpan + end with tracing off (the client's hot path; ${int(microIterations)} ` +
+        `iterations a round, ${microRounds} rounds): ${show(micro, fixed(1))} ns per call`,
+    );
+  } else say("\n(no startCallSpan figure: this process traces)");
+  return { ...results, spansExpected: expected, startCallSpanNs: micro };
+}
+
 // --- Python, written for this benchmark -------------------------------------
 
 /** Sequential fib(1) calls over one pika connection; prints the latencies (ms) as JSON. */
@@ -1339,6 +1673,7 @@ async function main(settings: Settings): Promise<void> {
     cold: coldStart,
     recovery,
     prefetch,
+    tracing,
   };
   const lab = await Lab.open(settings);
   const interrupt = () => {
@@ -1352,6 +1687,7 @@ async function main(settings: Settings): Promise<void> {
   try {
     say(`rpc_bench ${Deno.args.join(" ")}`.trim());
     say(results.machine as string);
+    say(tracingHere());
     if (settings.python && !lab.python.pika) {
       say("(no python3-pika at /usr/bin/python3: no Python rows)");
     }

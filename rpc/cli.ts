@@ -115,3 +115,31 @@ export function fail(program: string, error: unknown): never {
   console.error(`${program}: ${(error as Error).message}${usage ? " (see --help)" : ""}`);
   Deno.exit(usage ? 2 : 1);
 }
+
+/**
+ * The command line read by `read`, or the end of the program: `--help`
+ * prints `usage` (exit 0), bad input one line (exit 2, see {@linkcode fail}).
+ *
+ * @example
+ * ```ts
+ * const options = readOrExit("fib_server", Deno.args, readCommandLine, USAGE);
+ * ```
+ */
+export function readOrExit<T>(
+  program: string,
+  args: string[],
+  read: (args: string[]) => T | "help",
+  usage: string,
+): T {
+  let result: T | "help";
+  try {
+    result = read(args);
+  } catch (error) {
+    fail(program, error);
+  }
+  if (result === "help") {
+    console.log(usage);
+    Deno.exit(0);
+  }
+  return result;
+}

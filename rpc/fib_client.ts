@@ -17,6 +17,7 @@ import {
   fail,
   oneOf,
   parseCommandLine,
+  readOrExit,
   urlsFromCommandLine,
   UsageError,
   wholeNumber,
@@ -135,17 +136,7 @@ function report(numbers: number[], outcomes: PromiseSettledResult<bigint>[]): bo
 
 /** Runs the client with these command-line arguments. */
 export async function main(args: string[]): Promise<void> {
-  let request;
-  try {
-    request = readCommandLine(args);
-  } catch (error) {
-    fail("fib_client", error);
-  }
-  if (request === "help") {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
-  const { numbers, options } = request;
+  const { numbers, options } = readOrExit("fib_client", args, readCommandLine, USAGE);
   let client: FibonacciRpcClient;
   try {
     client = await FibonacciRpcClient.connect(options);

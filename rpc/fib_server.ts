@@ -16,6 +16,7 @@ import {
   fail,
   oneOf,
   parseCommandLine,
+  readOrExit,
   urlsFromCommandLine,
   UsageError,
   wholeNumber,
@@ -97,16 +98,7 @@ function stopOnSignals(server: FibonacciRpcServer): void {
 
 /** Runs the server with these command-line arguments. */
 export async function main(args: string[]): Promise<void> {
-  let options;
-  try {
-    options = readCommandLine(args);
-  } catch (error) {
-    fail("fib_server", error);
-  }
-  if (options === "help") {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
+  const options = readOrExit("fib_server", args, readCommandLine, USAGE);
   try {
     stopOnSignals(await FibonacciRpcServer.start(options));
   } catch (error) {
