@@ -36,8 +36,8 @@
  * spread (min–max) of the turns; a ratio is the median of per-turn ratios.
  *
  * ```sh
- * deno task bench                         # everything, 5 to 6 minutes on a quiet machine
- * deno task bench --quick                 # fewer and shorter turns, about a minute
+ * deno task bench                         # everything, about 5 minutes on a quiet machine
+ * deno task bench --quick                 # fewer and shorter turns, under two minutes
  * deno task bench --only throughput,cold  # some measurements
  * deno task bench --json                  # the figures as JSON instead of tables
  * deno run -A bench/rpc_bench.ts --help
@@ -80,7 +80,7 @@ const USAGE = `Usage: deno run -A bench/rpc_bench.ts [options]   (or: deno task 
 Benchmarks the RPC pair against raw amqplib and a Python pika pair; prints Markdown tables.
 
 Options:
-  --quick          fewer and shorter turns (about a minute and a half instead of 6 to 8)
+  --quick          fewer and shorter turns (under two minutes instead of about 5)
   --only LIST      comma-separated measurements: ${MEASUREMENTS.join(",")}
   --json           print the figures as JSON instead of tables
   --no-python      skip the Python pika rows
