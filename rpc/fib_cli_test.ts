@@ -218,6 +218,30 @@ Deno.test("SIGINT stops the command-line server and client cleanly", async () =>
   assert.doesNotMatch(client.stderr, /error:|at /);
 });
 
+Deno.test("SIGINT while the command-line server is still connecting ends it at once, cleanly", async () => {
+  // A listener that accepts and never answers keeps the server connecting for 10 s.
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const connection of silent) held.push(connection);
+  })();
+  try {
+    const url = `amqp://127.0.0.1:${silent.addr.port}`;
+    await using server = spawn(FIB_SERVER, ["--url", url, "--queue", "rpc_test.never"]);
+    await waitFor("the server to connect", () => held.length === 1);
+    const started = performance.now();
+    server.child.kill("SIGINT");
+    assert.equal((await server.status).code, 0);
+    assert.ok(performance.now() - started < 3_000, "exited at once, not after the 10 s connect");
+    assert.match(server.stdout, /^ \[x\] SIGINT: /);
+    assert.equal(server.stderr, "");
+  } finally {
+    silent.close();
+    await accepting;
+    for (const connection of held) connection.close();
+  }
+});
+
 Deno.test("the command-line client says in one line that the broker vanished, and exits 1", async () => {
   await using broker = await openBroker();
   await using proxy = startProxy();

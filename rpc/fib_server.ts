@@ -76,8 +76,15 @@ function readCommandLine(args: string[]): FibonacciServerOptions | "help" {
   };
 }
 
-/** Shutdown: the first signal finishes the requests in progress; a second exits at once. */
-function stopOnSignals(server: FibonacciRpcServer): void {
+/**
+ * Shutdown: the first signal finishes the requests in progress; a second exits at once.
+ * Listening starts before the server does, so a signal during startup exits cleanly too.
+ */
+function stopOnSignals(starting: Promise<FibonacciRpcServer>): void {
+  let started: FibonacciRpcServer | null = null;
+  starting.then((server) => {
+    started = server;
+  }, () => {}); // main reports a failure to start
   let stopping = false;
   const stop = async (signal: Deno.Signal) => {
     if (stopping) {
@@ -88,7 +95,8 @@ function stopOnSignals(server: FibonacciRpcServer): void {
     console.log(
       ` [x] ${signal}: finishing the request in progress (the others go back to the queue), then exiting`,
     );
-    await server.close();
+    // Still connecting: nothing is in progress, and whatever was delivered goes back.
+    await started?.close();
     Deno.exit(0);
   };
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
@@ -99,8 +107,10 @@ function stopOnSignals(server: FibonacciRpcServer): void {
 /** Runs the server with these command-line arguments. */
 export async function main(args: string[]): Promise<void> {
   const options = readOrExit("fib_server", args, readCommandLine, USAGE);
+  const starting = FibonacciRpcServer.start(options);
+  stopOnSignals(starting);
   try {
-    stopOnSignals(await FibonacciRpcServer.start(options));
+    await starting;
   } catch (error) {
     fail("fib_server", error);
   }
