@@ -430,6 +430,30 @@ export function pikaInstalled(): Promise<boolean> {
 }
 
 /**
+ * A TCP listener on a free loopback port that accepts connections and never
+ * answers: a port that does not speak AMQP. Disposing it closes it and them.
+ */
+export function silentListener() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepted: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const connection of listener) accepted.push(connection); // accept, never answer
+  })();
+  return {
+    port: listener.addr.port,
+    /** How many connections it has accepted so far. */
+    get accepted() {
+      return accepted.length;
+    },
+    [Symbol.asyncDispose]: async () => {
+      listener.close();
+      await accepting;
+      for (const connection of accepted) connection.close();
+    },
+  };
+}
+
+/**
  * A TCP proxy of the test's own between a program and the broker. `cut()`
  * closes every link at once, with no AMQP close: to the program, the broker
  * has vanished, as when a host dies or a NAT forgets the connection.

@@ -19,6 +19,7 @@ import {
   quiet,
   run,
   shown,
+  silentListener,
   slowHandler,
   startProxy,
   URL_WITH_PASSWORD,
@@ -187,32 +188,22 @@ Deno.test("a broker that cannot be used is named in one line: refused, unknown h
 });
 
 Deno.test("a listener that never speaks AMQP: both programs give up after 10 s with one line naming it", async () => {
-  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const held: Deno.Conn[] = [];
-  const accepting = (async () => {
-    for await (const connection of silent) held.push(connection); // accept, never answer
-  })();
-  const url = `amqp://guest:hunter2@127.0.0.1:${silent.addr.port}`;
-  try {
-    const started = performance.now();
-    const [server, client] = await Promise.all([
-      run(FIB_SERVER, ["--url", url], 30_000),
-      run(FIB_CLIENT, ["--url", url, "5"], 30_000),
-    ]);
-    const elapsed = performance.now() - started;
-    assert.ok(elapsed > 9_000 && elapsed < 20_000, `gave up after ${elapsed} ms`);
-    const expected = `cannot connect to amqp://guest:***@127.0.0.1:${silent.addr.port}: ` +
-      "no AMQP answer within 10 s";
-    for (const [name, result] of [["fib_server", server], ["fib_client", client]] as const) {
-      assert.equal(result.code, 1, name);
-      assert.ok(result.stderr.startsWith(`${name}: ${expected}`), result.stderr);
-      assert.equal(result.stderr.trimEnd().split("\n").length, 1, result.stderr);
-      assert.doesNotMatch(result.stdout + result.stderr, /hunter2/);
-    }
-  } finally {
-    silent.close();
-    await accepting;
-    for (const connection of held) connection.close();
+  await using silent = silentListener();
+  const url = `amqp://guest:hunter2@127.0.0.1:${silent.port}`;
+  const started = performance.now();
+  const [server, client] = await Promise.all([
+    run(FIB_SERVER, ["--url", url], 30_000),
+    run(FIB_CLIENT, ["--url", url, "5"], 30_000),
+  ]);
+  const elapsed = performance.now() - started;
+  assert.ok(elapsed > 9_000 && elapsed < 20_000, `gave up after ${elapsed} ms`);
+  const expected = `cannot connect to amqp://guest:***@127.0.0.1:${silent.port}: ` +
+    "no AMQP answer within 10 s";
+  for (const [name, result] of [["fib_server", server], ["fib_client", client]] as const) {
+    assert.equal(result.code, 1, name);
+    assert.ok(result.stderr.startsWith(`${name}: ${expected}`), result.stderr);
+    assert.equal(result.stderr.trimEnd().split("\n").length, 1, result.stderr);
+    assert.doesNotMatch(result.stdout + result.stderr, /hunter2/);
   }
 });
 

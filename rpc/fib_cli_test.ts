@@ -9,15 +9,17 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { fib, FibonacciRpcServer } from "./mod.ts";
+import { FibonacciRpcServer } from "./mod.ts";
 import {
   BROKER_URL,
   FIB_CLIENT,
   FIB_SERVER,
+  heldHandler,
   openBroker,
   programName,
   quiet,
   run,
+  silentListener,
   spawn,
   startProxy,
   waitFor,
@@ -220,47 +222,32 @@ Deno.test("SIGINT stops the command-line server and client cleanly", async () =>
 
 Deno.test("SIGINT while the command-line server is still connecting ends it at once, cleanly", async () => {
   // A listener that accepts and never answers keeps the server connecting for 10 s.
-  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const held: Deno.Conn[] = [];
-  const accepting = (async () => {
-    for await (const connection of silent) held.push(connection);
-  })();
-  try {
-    const url = `amqp://127.0.0.1:${silent.addr.port}`;
-    await using server = spawn(FIB_SERVER, ["--url", url, "--queue", "rpc_test.never"]);
-    await waitFor("the server to connect", () => held.length === 1);
-    const started = performance.now();
-    server.child.kill("SIGINT");
-    assert.equal((await server.status).code, 0);
-    assert.ok(performance.now() - started < 3_000, "exited at once, not after the 10 s connect");
-    assert.match(server.stdout, /^ \[x\] SIGINT: /);
-    assert.equal(server.stderr, "");
-  } finally {
-    silent.close();
-    await accepting;
-    for (const connection of held) connection.close();
-  }
+  await using silent = silentListener();
+  const url = `amqp://127.0.0.1:${silent.port}`;
+  await using server = spawn(FIB_SERVER, ["--url", url, "--queue", "rpc_test.never"]);
+  await waitFor("the server to connect", () => silent.accepted === 1);
+  const started = performance.now();
+  server.child.kill("SIGINT");
+  assert.equal((await server.status).code, 0);
+  assert.ok(performance.now() - started < 3_000, "exited at once, not after the 10 s connect");
+  assert.match(server.stdout, /^ \[x\] SIGINT: /);
+  assert.equal(server.stderr, "");
 });
 
 Deno.test("the command-line client says in one line that the broker vanished, and exits 1", async () => {
   await using broker = await openBroker();
   await using proxy = startProxy();
   // The request is held until the client has ended; then the server can close.
-  const seen: number[] = [];
-  const hold = Promise.withResolvers<void>();
+  const held = heldHandler();
   await using _server = await FibonacciRpcServer.start({
     url: BROKER_URL,
     queue: broker.queue,
-    handler: async (n) => {
-      seen.push(n);
-      await hold.promise;
-      return fib(n);
-    },
+    handler: held.handler,
     ...quiet,
   });
-  using _hold = { [Symbol.dispose]: () => hold.resolve() }; // released before the server closes
+  using _held = held; // released first, whatever happens, so that the server can close
   const client = run(FIB_CLIENT, ["--url", proxy.url, "--queue", broker.queue, "20"]);
-  await waitFor("the request to reach the server", () => seen.length === 1);
+  await waitFor("the request to reach the server", () => held.seen.length === 1);
   proxy.cut();
   const { code, stdout, stderr } = await client;
   assert.equal(code, 1);
