@@ -438,6 +438,69 @@ Deno.test("a lost connection mid-call: the client and the server say so in one l
   assert.match(stderr, /^rpc_server: the connection to the broker closed(: [^\n]+)?\n$/);
 });
 
+/** A command line, its environment, the exit code and the one line the program must print. */
+type Mistake = [string, string[], Record<string, string>, number, string | RegExp];
+
+const hidden = (url: string) => url.replace("hunter2", "***");
+const usage = (line: string) => `${line} (see --help)`;
+
+/**
+ * What both programs must answer in one line: `refused` has no listener,
+ * `mute` never speaks AMQP, `wrongPassword` is the broker with a password it
+ * refuses, and two unknown options (one with a password in it).
+ */
+function mistakesOfBoth(refused: string, mute: string, wrongPassword: string): Mistake[] {
+  return ["rpc_client.ts", "rpc_server.ts"].flatMap((script): Mistake[] => {
+    const n = script === "rpc_client.ts" ? ["30"] : []; // the server takes no arguments
+    const cannot = (
+      url: string,
+      why: string,
+    ): Mistake => [script, n, { AMQP_URL: url }, 1, `cannot connect to ${hidden(url)}: ${why}`];
+    return [
+      cannot(refused, "connection refused (is RabbitMQ running?)"),
+      cannot(mute, "no AMQP answer within 10 s (a RabbitMQ port?)"),
+      cannot(wrongPassword, "access refused (wrong user name or password?)"),
+      [
+        script,
+        n,
+        { AMQP_URL: "u:hunter2@localhost" },
+        1,
+        /^cannot connect to u:\*\*\*@localhost: /,
+      ],
+      [script, ["--bogus", ...n], {}, 2, usage("Unknown option '--bogus'")],
+      [
+        script,
+        ["--queue:amqp://u:hunter2@x", ...n],
+        {},
+        2,
+        usage("Unknown option '--queue:***@x'"),
+      ],
+    ];
+  });
+}
+
+/** Command lines only one program refuses: exit 2, one line. */
+const MISTAKES_OF_ONE: Mistake[] = [
+  [
+    "rpc_server.ts",
+    ["amqp://u:hunter2@x"],
+    {},
+    2,
+    usage("Unexpected argument 'amqp:***@x'. This command does not take positional arguments"),
+  ],
+  ["rpc_client.ts", [], {}, 2, usage("give at least one n, e.g. rpc_client.ts 30")],
+  ["rpc_client.ts", ["abc"], {}, 2, usage('n must be a number from 0 to 10000, got "abc"')],
+  ["rpc_client.ts", ["10001"], {}, 2, usage('n must be a number from 0 to 10000, got "10001"')],
+  [
+    "rpc_client.ts",
+    ["amqp://u:hunter2@x"],
+    {},
+    2,
+    usage('n must be a number from 0 to 10000, got "amqp:***@x"'),
+  ],
+  ["rpc_client.ts", ["--timeout", "soon", "1"], {}, 2, usage('--timeout must be ms, got "soon"')],
+];
+
 Deno.test("each mistake, or a broker out of reach, gets one line and its exit code, never a password", async () => {
   const free = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   free.close(); // a port nobody listens on
@@ -449,73 +512,9 @@ Deno.test("each mistake, or a broker out of reach, gets one line and its exit co
   const refused = `amqp://guest:hunter2@127.0.0.1:${free.addr.port}/`;
   const mute = `amqp://guest:hunter2@127.0.0.1:${silent.addr.port}/`;
   const wrongPassword = Object.assign(new URL(BROKER), { username: "guest", password: "hunter2" });
-  const shown = (url: string) => url.replace("hunter2", "***");
-  const usage = (line: string) => `${line} (see --help)`;
-  const cases: Array<[string, string[], Record<string, string>, number, string | RegExp]> = [
-    ...["rpc_client.ts", "rpc_server.ts"].flatMap((script): typeof cases => {
-      const n = script === "rpc_client.ts" ? ["30"] : []; // the server takes no arguments
-      return [
-        [
-          script,
-          n,
-          { AMQP_URL: refused },
-          1,
-          `cannot connect to ${shown(refused)}: connection refused (is RabbitMQ running?)`,
-        ],
-        [
-          script,
-          n,
-          { AMQP_URL: mute },
-          1,
-          `cannot connect to ${shown(mute)}: no AMQP answer within 10 s (a RabbitMQ port?)`,
-        ],
-        [
-          script,
-          n,
-          { AMQP_URL: wrongPassword.href },
-          1,
-          `cannot connect to ${
-            shown(wrongPassword.href)
-          }: access refused (wrong user name or password?)`,
-        ],
-        [
-          script,
-          n,
-          { AMQP_URL: "u:hunter2@localhost" },
-          1,
-          /^cannot connect to u:\*\*\*@localhost: /,
-        ],
-        [script, ["--bogus", ...n], {}, 2, usage("Unknown option '--bogus'")],
-        [
-          script,
-          ["--queue:amqp://u:hunter2@x", ...n],
-          {},
-          2,
-          usage("Unknown option '--queue:***@x'"),
-        ],
-      ];
-    }),
-    [
-      "rpc_server.ts",
-      ["amqp://u:hunter2@x"],
-      {},
-      2,
-      usage("Unexpected argument 'amqp:***@x'. This command does not take positional arguments"),
-    ],
-    ["rpc_client.ts", [], {}, 2, usage("give at least one n, e.g. rpc_client.ts 30")],
-    ["rpc_client.ts", ["abc"], {}, 2, usage('n must be a number from 0 to 10000, got "abc"')],
-    ["rpc_client.ts", ["10001"], {}, 2, usage('n must be a number from 0 to 10000, got "10001"')],
-    [
-      "rpc_client.ts",
-      ["amqp://u:hunter2@x"],
-      {},
-      2,
-      usage('n must be a number from 0 to 10000, got "amqp:***@x"'),
-    ],
-    ["rpc_client.ts", ["--timeout", "soon", "1"], {}, 2, usage('--timeout must be ms, got "soon"')],
-  ];
+  const cases = [...mistakesOfBoth(refused, mute, wrongPassword.href), ...MISTAKES_OF_ONE];
   try {
-    const timed = async ([script, args, env]: (typeof cases)[number]) => {
+    const timed = async ([script, args, env]: Mistake) => {
       const started = performance.now();
       const result = await run(deno(script, args, env));
       return { ...result, seconds: (performance.now() - started) / 1000 };

@@ -1,9 +1,9 @@
 /**
  * Tests of the Fibonacci client (FibonacciRpcClient) against a real broker:
  * its callback queues, the replies it drops, what it puts on each request,
- * timeouts and what they say about why, aborts, calls to no queue, the cap
- * on replies, retrying after a lost connection, and how few socket writes a
- * burst of calls takes.
+ * aborts, calls to no queue, the cap on replies, retrying after a lost
+ * connection, and how few socket writes a burst of calls takes. What a
+ * timeout says about why: diagnosis_test.ts.
  *
  * Run: `deno test -A rpc/client_test.ts`. The test that closes the client's
  * connection from the broker side needs `rabbitmqctl`; without it, it is
@@ -16,24 +16,19 @@ import { Buffer } from "node:buffer";
 import amqp from "npm:amqplib@^2.3.1";
 import type { ChannelModel, Message } from "npm:amqplib@^2.3.1";
 import { fib, FibonacciRpcClient, FibonacciRpcServer, RpcError } from "./mod.ts";
+import { closeFromBroker, fromBrokerSide, startCountingProxy, startProxy } from "./_test_faults.ts";
 import {
   BROKER_URL,
-  closeFromBroker,
-  fromBrokerSide,
   heldHandler,
   openBroker,
   quiet,
+  QUORUM_QUEUE,
   shown,
-  startCountingProxy,
   startPair,
-  startProxy,
   waitFor,
 } from "./_test_util.ts";
 
 const brokerSide = await fromBrokerSide();
-
-/** Options of a durable quorum queue, as the server declares it by default. */
-const quorumQueue = { durable: true, arguments: { "x-queue-type": "quorum" } };
 
 Deno.test("by default the callback queue is the tutorial's: exclusive, named by the broker", async () => {
   await using pair = await startPair();
@@ -57,7 +52,7 @@ Deno.test("by default the callback queue is the tutorial's: exclusive, named by 
 
 Deno.test('with replyQueue "direct" the client uses direct reply-to and gets its answers', async () => {
   await using broker = await openBroker();
-  await broker.channel.assertQueue(broker.queue, quorumQueue);
+  await broker.channel.assertQueue(broker.queue, QUORUM_QUEUE);
   await using client = await FibonacciRpcClient.connect({
     url: BROKER_URL,
     queue: broker.queue,
@@ -111,7 +106,7 @@ Deno.test("a duplicate reply and a reply with an unknown correlation_id are drop
 
 Deno.test("a server that dies between its reply and its ack: the request is answered again and the client drops the duplicate", async () => {
   await using broker = await openBroker();
-  await broker.channel.assertQueue(broker.queue, quorumQueue);
+  await broker.channel.assertQueue(broker.queue, QUORUM_QUEUE);
   // The first server replies, then dies before it acks.
   const doomed: ChannelModel = await amqp.connect(BROKER_URL);
   await using _doomed = { [Symbol.asyncDispose]: () => doomed.close().catch(() => {}) };
@@ -190,92 +185,9 @@ Deno.test("a call to a queue that does not exist fails at once with no-route", a
   assert.equal(await client.consumerCount(), undefined);
 });
 
-Deno.test("a call that times out while no server consumes the queue says so", async () => {
-  await using broker = await openBroker();
-  await broker.channel.assertQueue(broker.queue);
-  await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
-  assert.equal(await client.consumerCount(), 0);
-  await assert.rejects(client.call(7, { timeout: 300 }), (error: RpcError) => {
-    assert.equal(error.code, "timeout");
-    // The request expires at its deadline, so the look at the queue may or may not still see it.
-    assert.match(
-      error.message,
-      new RegExp(
-        `^fib\\(7\\): no reply within 300 ms: no server consumes "${broker.queue}" ` +
-          `\\((0 requests|1 request) waiting in it; start one\\)$`,
-      ),
-    );
-    assert.equal(error.diagnosis?.cause, "no-server");
-    assert.equal(error.diagnosis?.consumers, 0);
-    return true;
-  });
-});
-
-Deno.test("with no server at all, a timeout says that nobody consumes the queue, once for a whole burst", async () => {
-  await using broker = await openBroker();
-  await broker.channel.assertQueue(broker.queue, quorumQueue);
-  await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
-  const burst = await Promise.allSettled(
-    Array.from({ length: 2000 }, (_, i) => client.call(i, { timeout: 300 })),
-  );
-  const errors = burst.map((outcome) => (outcome as PromiseRejectedResult).reason as RpcError);
-  assert.ok(errors.every((error) => error?.code === "timeout"));
-  assert.equal(errors[0].diagnosis?.cause, "no-server");
-  assert.match(
-    errors[0].message,
-    /no server consumes "rpc_test\..*" \(\d+ requests? waiting in it/,
-  );
-  assert.equal(new Set(errors.map((error) => error.diagnosis)).size, 1, "one look at the queue");
-});
-
-Deno.test("a timed-out call says the server did not answer in time, is forgotten, and its late reply is dropped", async () => {
-  const held = heldHandler();
-  await using pair = await startPair({ handler: held.handler });
-  using _held = held; // released first, whatever happens, so that the server can close
-  const { broker, client } = pair;
-  await assert.rejects(client.call(10, { timeout: 500 }), (error: RpcError) => {
-    assert.equal(error.code, "timeout");
-    assert.deepEqual(error.diagnosis, { cause: "no-answer", consumers: 1, queued: 0 });
-    assert.equal(
-      error.message,
-      `fib(10): no reply within 500 ms: 1 server consumes "${broker.queue}" and no request ` +
-        "waits in it: a server took the request and did not answer in time (a slow handler, " +
-        "or a lost reply), or the request expired in the queue before a server took it " +
-        "(a queue TTL, x-message-ttl?)",
-    );
-    return true;
-  });
-  assert.equal(client.pendingCalls, 0);
-  assert.deepEqual(held.seen, [10], "the server was working on it");
-  held.release();
-  await waitFor("the late reply", () => client.droppedReplies === 1);
-  assert.equal(await client.call(12), 144n);
-});
-
-Deno.test("a call whose queue is deleted while it waits times out saying the queue is gone", async () => {
-  await using broker = await openBroker();
-  await broker.channel.assertQueue(broker.queue);
-  await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
-  const call = assert.rejects(client.call(7, { timeout: 1_000 }), (error: RpcError) => {
-    assert.equal(error.code, "timeout");
-    assert.deepEqual(error.diagnosis, { cause: "no-queue" });
-    assert.equal(
-      error.message,
-      `fib(7): no reply within 1000 ms: the queue "${broker.queue}" no longer exists`,
-    );
-    return true;
-  });
-  await waitFor(
-    "the request to be queued",
-    async () => await broker.messageCount(broker.queue) === 1,
-  );
-  await broker.channel.deleteQueue(broker.queue);
-  await call;
-});
-
 Deno.test("a request nobody waits for any more expires in the queue and is never computed", async () => {
   await using broker = await openBroker();
-  await broker.channel.assertQueue(broker.queue, quorumQueue);
+  await broker.channel.assertQueue(broker.queue, QUORUM_QUEUE);
   await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
   await assert.rejects(client.call(20, { timeout: 100 }), { code: "timeout" });
   await waitFor("the request to expire", async () => await broker.messageCount(broker.queue) === 0);

@@ -10,18 +10,14 @@
  */
 import assert from "node:assert/strict";
 import { fib, FibonacciRpcClient, FibonacciRpcServer, type RpcError } from "./mod.ts";
+import { silentListener, startProxy } from "./_test_faults.ts";
+import { FIB_CLIENT, FIB_SERVER, programName, run } from "./_test_process.ts";
 import {
   BROKER_URL,
-  FIB_CLIENT,
-  FIB_SERVER,
   openBroker,
-  programName,
   quiet,
-  run,
   shown,
-  silentListener,
   slowHandler,
-  startProxy,
   URL_WITH_PASSWORD,
   waitFor,
   withPassword,

@@ -11,15 +11,13 @@
  */
 import assert from "node:assert/strict";
 import { fib, FibonacciRpcClient, FibonacciRpcServer, RpcError } from "./mod.ts";
+import { CLUSTER_URLS, clusterTests, deleteQueue } from "./_test_cluster.ts";
+import { rabbitmqctl } from "./_test_faults.ts";
 import {
   BROKER_URL,
-  CLUSTER_URLS,
-  clusterTests,
-  deleteQueue,
   heldHandler,
   openBroker,
   quiet,
-  rabbitmqctl,
   slowHandler,
   startPair,
   waitFor,

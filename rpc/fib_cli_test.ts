@@ -10,20 +10,9 @@
  */
 import assert from "node:assert/strict";
 import { FibonacciRpcServer } from "./mod.ts";
-import {
-  BROKER_URL,
-  FIB_CLIENT,
-  FIB_SERVER,
-  heldHandler,
-  openBroker,
-  programName,
-  quiet,
-  run,
-  silentListener,
-  spawn,
-  startProxy,
-  waitFor,
-} from "./_test_util.ts";
+import { silentListener, startProxy } from "./_test_faults.ts";
+import { FIB_CLIENT, FIB_SERVER, programName, run, spawn } from "./_test_process.ts";
+import { BROKER_URL, heldHandler, openBroker, quiet, waitFor } from "./_test_util.ts";
 
 Deno.test("the command-line pair works end to end, and the server exits 0 on SIGTERM", async () => {
   await using broker = await openBroker();
@@ -66,83 +55,86 @@ Deno.test("the command-line pair works end to end, and the server exits 0 on SIG
   assert.equal(server.stderr, "");
 });
 
+/** Command lines the programs refuse: program, arguments, and the one line it prints. */
+const BAD_COMMAND_LINES: Array<[string, string[], string]> = [
+  [FIB_CLIENT, [], "give at least one number, e.g. fib_client.ts 30"],
+  [FIB_CLIENT, ["abc"], 'n must be a non-negative integer, got "abc"'],
+  [FIB_CLIENT, ["--", "-5"], 'n must be a non-negative integer, got "-5"'],
+  [FIB_CLIENT, ["1.5"], 'n must be a non-negative integer, got "1.5"'],
+  [
+    FIB_CLIENT,
+    ["99999999999999999999"],
+    "n is too large: 99999999999999999999 (the server computes fib(n) up to n = 10000)",
+  ],
+  [
+    FIB_CLIENT,
+    ["--timeout", "0", "1"],
+    '--timeout must be a positive whole number of ms, got "0"',
+  ],
+  [
+    FIB_CLIENT,
+    ["--timeout", "soon", "1"],
+    '--timeout must be a positive whole number of ms, got "soon"',
+  ],
+  [
+    FIB_CLIENT,
+    ["--reply-queue", "mine", "1"],
+    '--reply-queue must be "exclusive" or "direct", got "mine"',
+  ],
+  [FIB_CLIENT, ["--queue", "", "1"], "--queue must not be empty"],
+  [FIB_CLIENT, ["--bogus", "1"], "Unknown option '--bogus'"],
+  [
+    FIB_CLIENT,
+    ["--url", "http://x", "1"],
+    '--url must be an amqp:// or amqps:// URL with a host, got "http://x"',
+  ],
+  [
+    FIB_CLIENT,
+    ["--url", "amqp://:5672", "1"],
+    '--url must be an amqp:// or amqps:// URL with a host, got "amqp://:5672"',
+  ],
+  [
+    FIB_CLIENT,
+    ["--url", BROKER_URL, "--url", "amqps//host", "1"],
+    '--url (entry 2 of 2) must be an amqp:// or amqps:// URL with a host, got "amqps//host"',
+  ],
+  [
+    FIB_CLIENT,
+    ["--url", "", "1"],
+    "--url must list one or more amqp:// URLs, separated by commas",
+  ],
+  [
+    FIB_SERVER,
+    ["--url", "amqp://localhost:99999"],
+    '--url must be an amqp:// or amqps:// URL with a host, got "amqp://localhost:99999"',
+  ],
+  [
+    FIB_SERVER,
+    ["--prefetch", "0"],
+    '--prefetch must be an integer from 1 to 65535, got "0"',
+  ],
+  [
+    FIB_SERVER,
+    ["--prefetch", "70000"],
+    '--prefetch must be an integer from 1 to 65535, got "70000"',
+  ],
+  [
+    FIB_SERVER,
+    ["--prefetch", "ten"],
+    '--prefetch must be an integer from 1 to 65535, got "ten"',
+  ],
+  [
+    FIB_SERVER,
+    ["--queue-type", "stream"],
+    '--queue-type must be "quorum" or "classic", got "stream"',
+  ],
+  [FIB_SERVER, ["--queue", ""], "--queue must not be empty"],
+  [FIB_SERVER, ["--queue"], "Option '--queue <value>' argument missing"],
+  [FIB_SERVER, ["--verbose"], "Unknown option '--verbose'"],
+];
+
 Deno.test("bad command-line input exits 2 with a one-line message", async () => {
-  const cases: Array<[string, string[], string]> = [
-    [FIB_CLIENT, [], "give at least one number, e.g. fib_client.ts 30"],
-    [FIB_CLIENT, ["abc"], 'n must be a non-negative integer, got "abc"'],
-    [FIB_CLIENT, ["--", "-5"], 'n must be a non-negative integer, got "-5"'],
-    [FIB_CLIENT, ["1.5"], 'n must be a non-negative integer, got "1.5"'],
-    [
-      FIB_CLIENT,
-      ["99999999999999999999"],
-      "n is too large: 99999999999999999999 (the server computes fib(n) up to n = 10000)",
-    ],
-    [
-      FIB_CLIENT,
-      ["--timeout", "0", "1"],
-      '--timeout must be a positive whole number of ms, got "0"',
-    ],
-    [
-      FIB_CLIENT,
-      ["--timeout", "soon", "1"],
-      '--timeout must be a positive whole number of ms, got "soon"',
-    ],
-    [
-      FIB_CLIENT,
-      ["--reply-queue", "mine", "1"],
-      '--reply-queue must be "exclusive" or "direct", got "mine"',
-    ],
-    [FIB_CLIENT, ["--queue", "", "1"], "--queue must not be empty"],
-    [FIB_CLIENT, ["--bogus", "1"], "Unknown option '--bogus'"],
-    [
-      FIB_CLIENT,
-      ["--url", "http://x", "1"],
-      '--url must be an amqp:// or amqps:// URL with a host, got "http://x"',
-    ],
-    [
-      FIB_CLIENT,
-      ["--url", "amqp://:5672", "1"],
-      '--url must be an amqp:// or amqps:// URL with a host, got "amqp://:5672"',
-    ],
-    [
-      FIB_CLIENT,
-      ["--url", BROKER_URL, "--url", "amqps//host", "1"],
-      '--url (entry 2 of 2) must be an amqp:// or amqps:// URL with a host, got "amqps//host"',
-    ],
-    [
-      FIB_CLIENT,
-      ["--url", "", "1"],
-      "--url must list one or more amqp:// URLs, separated by commas",
-    ],
-    [
-      FIB_SERVER,
-      ["--url", "amqp://localhost:99999"],
-      '--url must be an amqp:// or amqps:// URL with a host, got "amqp://localhost:99999"',
-    ],
-    [
-      FIB_SERVER,
-      ["--prefetch", "0"],
-      '--prefetch must be an integer from 1 to 65535, got "0"',
-    ],
-    [
-      FIB_SERVER,
-      ["--prefetch", "70000"],
-      '--prefetch must be an integer from 1 to 65535, got "70000"',
-    ],
-    [
-      FIB_SERVER,
-      ["--prefetch", "ten"],
-      '--prefetch must be an integer from 1 to 65535, got "ten"',
-    ],
-    [
-      FIB_SERVER,
-      ["--queue-type", "stream"],
-      '--queue-type must be "quorum" or "classic", got "stream"',
-    ],
-    [FIB_SERVER, ["--queue", ""], "--queue must not be empty"],
-    [FIB_SERVER, ["--queue"], "Option '--queue <value>' argument missing"],
-    [FIB_SERVER, ["--verbose"], "Unknown option '--verbose'"],
-  ];
+  const cases = BAD_COMMAND_LINES;
   // Run at once (each takes a Deno start-up); compared all together, so that
   // a failure shows every case that differs.
   const outputs = await Promise.all(cases.map(async ([script, args]) => {

@@ -20,11 +20,8 @@
 import assert from "node:assert/strict";
 import { FibonacciRpcClient } from "./mod.ts";
 import {
-  type Broker,
-  BROKER_URL,
   FIB_CLIENT,
   FIB_SERVER,
-  openBroker,
   pikaInstalled,
   PYTHON,
   run,
@@ -34,8 +31,8 @@ import {
   spawnCommand,
   spawnDeno,
   type Spawned,
-  waitFor,
-} from "./_test_util.ts";
+} from "./_test_process.ts";
+import { type Broker, BROKER_URL, openBroker, waitFor } from "./_test_util.ts";
 
 const interop = { ignore: !(await pikaInstalled()), sanitizeResources: true };
 

@@ -1,8 +1,9 @@
 /**
  * Tests of the Fibonacci server (FibonacciRpcServer) against a real broker:
- * its answers and log, bad and hostile requests, requests whose callers gave
- * up, queues deleted under it or declared with other settings, closing, and
- * reconnecting when the broker closes its connections.
+ * its answers and log, bad and hostile requests, queues deleted under it or
+ * declared with other settings, closing, and reconnecting when the broker
+ * closes its connections. Requests whose callers gave up: deadlines_test.ts;
+ * the log's rate: log_test.ts.
  *
  * Run: `deno test -A rpc/server_test.ts`. The tests that close connections
  * from the broker side need `rabbitmqctl`; the hostile-bytes test needs
@@ -20,16 +21,13 @@ import {
   MAX_REQUEST_BYTES,
   RpcError,
 } from "./mod.ts";
+import { closeFromBroker, fromBrokerSide } from "./_test_faults.ts";
+import { pikaInstalled, PYTHON, runCommand } from "./_test_process.ts";
 import {
   BROKER_URL,
-  closeFromBroker,
-  fromBrokerSide,
   heldHandler,
   openBroker,
-  pikaInstalled,
-  PYTHON,
   quiet,
-  runCommand,
   shown,
   slowHandler,
   startPair,
@@ -210,103 +208,6 @@ Deno.test("a queue that exists with other settings is used as it is, and the ser
     // Declaring it as it was still works: the server left the queue alone.
     await broker.withChannel((channel) => channel.assertQueue(queue, existing));
   }
-});
-
-Deno.test("a request whose x-deadline has passed is acked without being computed, unless skipLate is false", async () => {
-  await using broker = await openBroker();
-  const { queue: replyTo, replies } = await broker.replyQueue();
-  const send = (n: number, correlationId: string, deadline?: number) =>
-    broker.channel.sendToQueue(broker.queue, Buffer.from(String(n)), {
-      replyTo,
-      correlationId,
-      headers: deadline === undefined ? {} : { "x-deadline": deadline },
-    });
-  for (const skipLate of [true, false]) {
-    const seen: number[] = [];
-    const logged: string[] = [];
-    await using server = await FibonacciRpcServer.start({
-      url: BROKER_URL,
-      queue: broker.queue,
-      skipLate,
-      handler: (n) => (seen.push(n), fib(n)),
-      log: (line) => logged.push(line),
-    });
-    replies.length = 0;
-    send(20, "late", Date.now() - 1_000); // past its deadline and the 250 ms of grace
-    send(21, "in time", Date.now() + 10_000);
-    send(22, "no deadline"); // as the other tutorials' clients send it
-    await waitFor(
-      "the last reply",
-      () => replies.length > 0 && replies.at(-1)?.properties.correlationId === "no deadline",
-    );
-    const answered = replies.map((reply) => reply.properties.correlationId);
-    if (skipLate) {
-      assert.deepEqual(answered, ["in time", "no deadline"]);
-      assert.deepEqual(seen, [21, 22]);
-      assert.equal(server.skipped, 1);
-      assert.ok(logged.includes(" [.] Skipped a request whose caller gave up (deadline passed)"));
-    } else {
-      assert.deepEqual(answered, ["late", "in time", "no deadline"]);
-      assert.deepEqual(seen, [20, 21, 22]);
-      assert.equal(server.skipped, 0);
-    }
-    await server.close();
-    assert.equal(await broker.messageCount(broker.queue), 0, "every request acked");
-  }
-});
-
-Deno.test("an overloaded server skips requests whose callers gave up, and catches up at once", async () => {
-  await using broker = await openBroker();
-  const seen: number[] = [];
-  await using server = await FibonacciRpcServer.start({
-    url: BROKER_URL,
-    queue: broker.queue,
-    handler: slowHandler(100, seen),
-    ...quiet,
-  });
-  await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
-  const burst = await Promise.allSettled(
-    Array.from({ length: 100 }, (_, i) => client.call(i, { timeout: 500 })),
-  );
-  const failures = burst.flatMap((outcome) =>
-    outcome.status === "rejected" ? [outcome.reason] : []
-  );
-  assert.ok(failures.length >= 85, `${failures.length} of 100 timed out`);
-  for (const error of failures) {
-    assert.equal(error.code, "timeout");
-    assert.equal(error.diagnosis.cause, "no-answer", error.message);
-    assert.equal(error.diagnosis.consumers, 1);
-    assert.match(error.message, /1 server consumes "rpc_test\..*" but none answered in time/);
-  }
-  const started = performance.now();
-  assert.equal(await client.call(20, { timeout: 5_000 }), 6765n);
-  const recovery = performance.now() - started;
-  console.log(`    a fresh call after the burst took ${recovery.toFixed(0)} ms`);
-  assert.ok(recovery < 1_500, `answered at once, not after the backlog: ${recovery} ms`);
-  // The handler ran only for the few it could finish in time; of the rest,
-  // those in the server's backlog (prefetch 50) were skipped, and those still
-  // in the queue expired there.
-  assert.ok(seen.length <= 15, `the handler ran ${seen.length} times for 100 requests`);
-  assert.ok(server.skipped >= 30, `${server.skipped} skipped`);
-});
-
-Deno.test("the server logs at most 20 requests a second, then one line a second saying how many more", async () => {
-  const logged: string[] = [];
-  await using pair = await startPair({ log: (line) => logged.push(line) });
-  const { server, client } = pair;
-  const started = Date.now();
-  await Promise.all(Array.from({ length: 100 }, (_, n) => client.call(n)));
-  const seconds = Math.ceil((Date.now() - started) / 1000);
-  await server.close(); // writes the last summary now
-  const lines = logged.filter((line) => /^ \[\.\] fib\(\d+\)$/.test(line)).length;
-  const summaries = logged.filter((line) => line.startsWith(" [.] Not shown: "));
-  assert.ok(summaries.length > 0, "a summary line");
-  for (const summary of summaries) {
-    assert.match(summary, /^ \[\.\] Not shown: \d+ requests \(at most 20 lines a second\)$/);
-  }
-  const counted = summaries.reduce((sum, line) => sum + Number(/(\d+) requests/.exec(line)![1]), 0);
-  assert.equal(lines + counted, 100, "each request is logged, or counted in a summary");
-  assert.ok(lines <= 20 * (seconds + 1), `${lines} lines in ${seconds} s`);
 });
 
 Deno.test({

@@ -25,92 +25,9 @@ import {
   TRACER_VERSION,
   tracingEnabled,
 } from "./tracing.ts";
-import {
-  BROKER_URL,
-  FIB_CLIENT,
-  FIB_SERVER,
-  openBroker,
-  run,
-  runDeno,
-  spawnDeno,
-  waitFor,
-} from "./_test_util.ts";
-
-/** A span as our receiver got it, flattened. */
-interface Exported {
-  service: string;
-  scope: string;
-  version: string;
-  traceId: string;
-  spanId: string;
-  parentSpanId: string;
-  name: string;
-  /** OTLP's numbering: 4 PRODUCER, 5 CONSUMER. */
-  kind: number;
-  attributes: Record<string, unknown>;
-  status: { code: number; message: string };
-  links: { traceId: string; spanId: string }[];
-}
-
-const PRODUCER = 4;
-const CONSUMER = 5;
-
-type KeyValue = { key: string; value: Record<string, unknown> };
-const values = (list: KeyValue[] = []) =>
-  Object.fromEntries(list.map(({ key, value }) => {
-    const [[type, raw]] = Object.entries(value);
-    return [key, type === "intValue" ? Number(raw) : raw];
-  }));
-
-/** Flattens an OTLP/JSON ExportTraceServiceRequest. */
-// deno-lint-ignore no-explicit-any
-function flatten(request: any): Exported[] {
-  // deno-lint-ignore no-explicit-any
-  return request.resourceSpans.flatMap((resource: any) =>
-    // deno-lint-ignore no-explicit-any
-    resource.scopeSpans.flatMap((scope: any) =>
-      // deno-lint-ignore no-explicit-any
-      scope.spans.map((span: any) => ({
-        service: values(resource.resource?.attributes)["service.name"] as string,
-        scope: scope.scope?.name,
-        version: scope.scope?.version,
-        traceId: span.traceId,
-        spanId: span.spanId,
-        parentSpanId: span.parentSpanId ?? "",
-        name: span.name,
-        kind: span.kind,
-        attributes: values(span.attributes),
-        status: { code: span.status?.code ?? 0, message: span.status?.message ?? "" },
-        // deno-lint-ignore no-explicit-any
-        links: (span.links ?? []).map((link: any) => ({
-          traceId: link.traceId,
-          spanId: link.spanId,
-        })),
-      }))
-    )
-  );
-}
-
-/** An OTLP/HTTP JSON receiver on a free port, and the environment that sends a program's spans to it. */
-function startReceiver() {
-  const spans: Exported[] = [];
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (request) => {
-    const body = await request.text();
-    if (new URL(request.url).pathname === "/v1/traces") spans.push(...flatten(JSON.parse(body)));
-    return Response.json({}); // an empty Export*ServiceResponse: all accepted
-  });
-  return {
-    spans,
-    env: (service: string): Record<string, string> => ({
-      OTEL_DENO: "true",
-      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
-      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${server.addr.port}`,
-      OTEL_SERVICE_NAME: service,
-    }),
-    named: (name: string) => spans.filter((span) => span.name === name),
-    [Symbol.asyncDispose]: () => server.shutdown(),
-  };
-}
+import { CONSUMER, type Exported, PRODUCER, startReceiver } from "./_test_otlp.ts";
+import { FIB_CLIENT, FIB_SERVER, run, runDeno, spawnDeno } from "./_test_process.ts";
+import { BROKER_URL, openBroker, waitFor } from "./_test_util.ts";
 
 const TRACEPARENT = /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/;
 const TRACING = new URL("./tracing.ts", import.meta.url).href;
@@ -161,29 +78,86 @@ Deno.test("with tracing off, nothing is made: no span, no headers, no global", a
   });
 });
 
+/** A span as the stand-in SDK saw it end. */
+interface Ended {
+  name: string;
+  attributes: Record<string, unknown>;
+  status?: unknown;
+}
+
+/** A stand-in tracer provider that records each span as it ends. */
+function standInProvider(ended: Ended[]): TracerProvider {
+  const startSpan = (name: string, options: { attributes: Record<string, unknown> }) => {
+    const record = { name, attributes: { ...options.attributes }, status: undefined as unknown };
+    return {
+      setAttribute: (key: string, value: unknown) => void (record.attributes[key] = value),
+      setStatus: (status: unknown) => void (record.status = status),
+      end: () => void ended.push(record),
+      spanContext: () => ({ traceId: "1".repeat(32), spanId: "2".repeat(16), traceFlags: 1 }),
+      isRecording: () => true,
+    } as unknown as Span;
+  };
+  return { getTracer: () => ({ startSpan }) } as unknown as TracerProvider;
+}
+
+/** The attributes every span of ours on queue q has. */
+const base = (operation: string) => ({
+  "messaging.system": "rabbitmq",
+  "messaging.operation.name": operation,
+  "messaging.operation.type": operation,
+  "messaging.destination.name": "q",
+  "messaging.rabbitmq.destination.routing_key": "q",
+});
+const failed = (message: string) => ({ code: SpanStatusCode.ERROR, message });
+
+/** What the stand-in sees end, in order, in the test below. */
+const EXPECTED_ENDED: Ended[] = [
+  {
+    name: "send q",
+    attributes: {
+      ...base("send"),
+      "messaging.message.conversation_id": "c1",
+      "error.type": "timeout",
+    },
+    status: failed("no reply in 10 ms"),
+  },
+  {
+    name: "process q",
+    attributes: {
+      ...base("process"),
+      "messaging.message.conversation_id": "c1",
+      "messaging.rabbitmq.message.delivery_tag": 7,
+      "error.type": "RangeError",
+    },
+    status: failed("n too large"),
+  },
+  {
+    name: "process q",
+    attributes: { ...base("process"), "error.type": "skipped" },
+    status: failed("the caller gave up: its deadline passed"),
+  },
+  {
+    name: "process q",
+    attributes: {
+      ...base("process"),
+      "messaging.message.conversation_id": "c3",
+      "error.type": "_OTHER",
+    },
+    status: failed("odd"),
+  },
+  {
+    name: "process q",
+    attributes: { ...base("process"), "messaging.message.conversation_id": "c4" },
+    status: undefined,
+  },
+];
+
 Deno.test({
   name: "an SDK registered late is seen at once, and spans end with what they are given",
   ignore: tracingEnabled(), // this process traced already (OTEL_DENO=true): no room for a stand-in
   fn() {
-    const ended: { name: string; attributes: Record<string, unknown>; status?: unknown }[] = [];
-    const provider = {
-      getTracer: () => ({
-        startSpan(name: string, options: { attributes: Record<string, unknown> }) {
-          const record = {
-            name,
-            attributes: { ...options.attributes },
-            status: undefined as unknown,
-          };
-          return {
-            setAttribute: (key: string, value: unknown) => void (record.attributes[key] = value),
-            setStatus: (status: unknown) => void (record.status = status),
-            end: () => void ended.push(record),
-            spanContext: () => ({ traceId: "1".repeat(32), spanId: "2".repeat(16), traceFlags: 1 }),
-            isRecording: () => true,
-          } as unknown as Span;
-        },
-      }),
-    } as unknown as TracerProvider;
+    const ended: Ended[] = [];
+    const provider = standInProvider(ended);
     assert.equal(startCallSpan("q", "c"), undefined);
     assert.ok(trace.setGlobalTracerProvider(provider));
     try {
@@ -202,61 +176,17 @@ Deno.test({
       trace.disable();
     }
     assert.equal(tracingEnabled(), false);
-    const base = (operation: string) => ({
-      "messaging.system": "rabbitmq",
-      "messaging.operation.name": operation,
-      "messaging.operation.type": operation,
-      "messaging.destination.name": "q",
-      "messaging.rabbitmq.destination.routing_key": "q",
-    });
-    const failed = (message: string) => ({ code: SpanStatusCode.ERROR, message });
-    assert.deepEqual(ended, [
-      {
-        name: "send q",
-        attributes: {
-          ...base("send"),
-          "messaging.message.conversation_id": "c1",
-          "error.type": "timeout",
-        },
-        status: failed("no reply in 10 ms"),
-      },
-      {
-        name: "process q",
-        attributes: {
-          ...base("process"),
-          "messaging.message.conversation_id": "c1",
-          "messaging.rabbitmq.message.delivery_tag": 7,
-          "error.type": "RangeError",
-        },
-        status: failed("n too large"),
-      },
-      {
-        name: "process q",
-        attributes: { ...base("process"), "error.type": "skipped" },
-        status: failed("the caller gave up: its deadline passed"),
-      },
-      {
-        name: "process q",
-        attributes: {
-          ...base("process"),
-          "messaging.message.conversation_id": "c3",
-          "error.type": "_OTHER",
-        },
-        status: failed("odd"),
-      },
-      {
-        name: "process q",
-        attributes: { ...base("process"), "messaging.message.conversation_id": "c4" },
-        status: undefined,
-      },
-    ]);
+    assert.deepEqual(ended, EXPECTED_ENDED);
   },
 });
 
-Deno.test("with OTEL_DENO=true, the spans are exported, linked, with their attributes", async () => {
-  await using receiver = startReceiver();
-  // Headers as amqplib hands them over: here traceparent as bytes, as some clients send it.
-  const script = `
+/**
+ * A call and its request as a program makes them, with Deno's OpenTelemetry on:
+ * the headers as amqplib hands them over (here traceparent as bytes, as some
+ * clients send it), a handler that makes a span of its own, a refused and a
+ * skipped request.
+ */
+const SPANS_SCRIPT = `
     import { Buffer } from "node:buffer";
     import { trace } from "npm:@opentelemetry/api@^1.9.0";
     import { startCallSpan, startProcessSpan, tracingEnabled } from "${TRACING}";
@@ -275,7 +205,10 @@ Deno.test("with OTEL_DENO=true, the spans are exported, linked, with their attri
     startProcessSpan("unit_q", "corr-2", {}, 2).skip();
     console.log(JSON.stringify({ enabled: tracingEnabled(), traceparent, inside }));
     Deno.exit(0); // spans are flushed on Deno.exit too`;
-  const result = await runDeno(["eval", script], 20_000, {
+
+Deno.test("with OTEL_DENO=true, the spans are exported, linked, with their attributes", async () => {
+  await using receiver = startReceiver();
+  const result = await runDeno(["eval", SPANS_SCRIPT], 20_000, {
     ...receiver.env("unit"),
     OTEL_DENO_CONSOLE: "ignore",
   });
@@ -321,6 +254,28 @@ Deno.test("with OTEL_DENO=true, the spans are exported, linked, with their attri
   assert.equal(skipped.status.code, 2);
 });
 
+/** A call's send span has, in its trace, the server's process span as its child, both named and attributed. */
+function assertOneTrace(send: Exported, processes: Exported[], queue: string) {
+  const process = processes.find((span) => span.traceId === send.traceId);
+  assert.ok(process, `a process span in the trace of ${send.traceId}`);
+  assert.equal(send.service, "fib_client");
+  assert.equal(process.service, "fib_server");
+  assert.equal(send.kind, PRODUCER);
+  assert.equal(process.kind, CONSUMER);
+  assert.equal(process.parentSpanId, send.spanId);
+  for (const [span, operation] of [[send, "send"], [process, "process"]] as const) {
+    assert.equal(span.scope, TRACER_NAME);
+    assert.equal(span.attributes["messaging.system"], "rabbitmq");
+    assert.equal(span.attributes["messaging.destination.name"], queue);
+    assert.equal(span.attributes["messaging.operation.type"], operation);
+    assert.match(String(span.attributes["messaging.message.conversation_id"]), /^[\w-]{8,}$/);
+  }
+  assert.equal(
+    process.attributes["messaging.message.conversation_id"],
+    send.attributes["messaging.message.conversation_id"],
+  );
+}
+
 Deno.test("a call through the command lines is one trace: send on the client, process on the server", async () => {
   await using broker = await openBroker();
   await using receiver = startReceiver();
@@ -357,26 +312,7 @@ Deno.test("a call through the command lines is one trace: send on the client, pr
   const processes = receiver.named(`process ${queue}`);
   assert.equal(sends.length, 2, "one send span per call");
   assert.equal(processes.length, 2, "one process span per request");
-  for (const send of sends) {
-    const process = processes.find((span) => span.traceId === send.traceId);
-    assert.ok(process, `a process span in the trace of ${send.traceId}`);
-    assert.equal(send.service, "fib_client");
-    assert.equal(process.service, "fib_server");
-    assert.equal(send.kind, PRODUCER);
-    assert.equal(process.kind, CONSUMER);
-    assert.equal(process.parentSpanId, send.spanId);
-    for (const [span, operation] of [[send, "send"], [process, "process"]] as const) {
-      assert.equal(span.scope, TRACER_NAME);
-      assert.equal(span.attributes["messaging.system"], "rabbitmq");
-      assert.equal(span.attributes["messaging.destination.name"], queue);
-      assert.equal(span.attributes["messaging.operation.type"], operation);
-      assert.match(String(span.attributes["messaging.message.conversation_id"]), /^[\w-]{8,}$/);
-    }
-    assert.equal(
-      process.attributes["messaging.message.conversation_id"],
-      send.attributes["messaging.message.conversation_id"],
-    );
-  }
+  for (const send of sends) assertOneTrace(send, processes, queue);
   // fib(30) answered; fib(10001) refused by the server: both spans say why.
   const [ok, failed] = sends.map((send) => [
     send,

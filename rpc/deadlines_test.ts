@@ -1,0 +1,92 @@
+/**
+ * Tests of deadlines on the server's side (rpc/deadlines.ts) against a real
+ * broker: a request whose caller's deadline (`x-deadline`) has passed is
+ * acked without being computed, and an overloaded server catches up at once
+ * by skipping the requests nobody waits for.
+ *
+ * Run: `deno test -A rpc/deadlines_test.ts`.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { fib, FibonacciRpcClient, FibonacciRpcServer } from "./mod.ts";
+import { BROKER_URL, openBroker, quiet, slowHandler, waitFor } from "./_test_util.ts";
+
+Deno.test("a request whose x-deadline has passed is acked without being computed, unless skipLate is false", async () => {
+  await using broker = await openBroker();
+  const { queue: replyTo, replies } = await broker.replyQueue();
+  const send = (n: number, correlationId: string, deadline?: number) =>
+    broker.channel.sendToQueue(broker.queue, Buffer.from(String(n)), {
+      replyTo,
+      correlationId,
+      headers: deadline === undefined ? {} : { "x-deadline": deadline },
+    });
+  for (const skipLate of [true, false]) {
+    const seen: number[] = [];
+    const logged: string[] = [];
+    await using server = await FibonacciRpcServer.start({
+      url: BROKER_URL,
+      queue: broker.queue,
+      skipLate,
+      handler: (n) => (seen.push(n), fib(n)),
+      log: (line) => logged.push(line),
+    });
+    replies.length = 0;
+    send(20, "late", Date.now() - 1_000); // past its deadline and the 250 ms of grace
+    send(21, "in time", Date.now() + 10_000);
+    send(22, "no deadline"); // as the other tutorials' clients send it
+    await waitFor(
+      "the last reply",
+      () => replies.length > 0 && replies.at(-1)?.properties.correlationId === "no deadline",
+    );
+    const answered = replies.map((reply) => reply.properties.correlationId);
+    if (skipLate) {
+      assert.deepEqual(answered, ["in time", "no deadline"]);
+      assert.deepEqual(seen, [21, 22]);
+      assert.equal(server.skipped, 1);
+      assert.ok(logged.includes(" [.] Skipped a request whose caller gave up (deadline passed)"));
+    } else {
+      assert.deepEqual(answered, ["late", "in time", "no deadline"]);
+      assert.deepEqual(seen, [20, 21, 22]);
+      assert.equal(server.skipped, 0);
+    }
+    await server.close();
+    assert.equal(await broker.messageCount(broker.queue), 0, "every request acked");
+  }
+});
+
+Deno.test("an overloaded server skips requests whose callers gave up, and catches up at once", async () => {
+  await using broker = await openBroker();
+  const seen: number[] = [];
+  await using server = await FibonacciRpcServer.start({
+    url: BROKER_URL,
+    queue: broker.queue,
+    handler: slowHandler(100, seen),
+    ...quiet,
+  });
+  await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
+  const burst = await Promise.allSettled(
+    Array.from({ length: 100 }, (_, i) => client.call(i, { timeout: 500 })),
+  );
+  const failures = burst.flatMap((outcome) =>
+    outcome.status === "rejected" ? [outcome.reason] : []
+  );
+  assert.ok(failures.length >= 85, `${failures.length} of 100 timed out`);
+  for (const error of failures) {
+    assert.equal(error.code, "timeout");
+    assert.equal(error.diagnosis.cause, "no-answer", error.message);
+    assert.equal(error.diagnosis.consumers, 1);
+    assert.match(error.message, /1 server consumes "rpc_test\..*" but none answered in time/);
+  }
+  const started = performance.now();
+  assert.equal(await client.call(20, { timeout: 5_000 }), 6765n);
+  const recovery = performance.now() - started;
+  console.log(`    a fresh call after the burst took ${recovery.toFixed(0)} ms`);
+  assert.ok(recovery < 1_500, `answered at once, not after the backlog: ${recovery} ms`);
+  // The handler ran only for the few it could finish in time; of the rest,
+  // those in the server's backlog (prefetch 50) were skipped, and those still
+  // in the queue expired there.
+  assert.ok(seen.length <= 15, `the handler ran ${seen.length} times for 100 requests`);
+  assert.ok(server.skipped >= 30, `${server.skipped} skipped`);
+});
