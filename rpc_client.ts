@@ -109,9 +109,8 @@ function hidePassword(text: string): string {
 
 const USAGE = `Usage: deno run --allow-net --allow-env rpc_client.ts [options] N [N ...]
 Asks for fib(N), N from 0 to 10000, several at once. Broker: $AMQP_URL (amqp://localhost).
-  --queue NAME   the server's request queue (default: rpc_queue)
-  --timeout MS   how long each call waits for its reply (default: 30000)
-  --verbose      show each request and reply, and how they are matched`;
+Options: --queue NAME, the server's queue (default: rpc_queue); --timeout MS, how long
+each call waits for its reply (default: 30000); --verbose: each request and reply, matched.`;
 
 if (import.meta.main) {
   const [text, flag] = [{ type: "string" }, { type: "boolean" }] as const;
@@ -128,6 +127,7 @@ if (import.meta.main) {
     const bad = positionals.find((n) => !/^\d{1,5}$/.test(n) || Number(n) > 10_000);
     if (bad !== undefined) throw new TypeError(`n must be a number from 0 to 10000, got "${bad}"`);
     if (!/^[1-9]\d{0,8}$/.test(ms)) throw new TypeError(`--timeout must be ms, got "${ms}"`);
+    if (queue === "") throw new TypeError("--queue must not be empty");
     const url = Deno.env.get("AMQP_URL") ?? "amqp://localhost";
     const trace = verbose ? console.error : undefined;
     const client = await FibonacciRpcClient.connect(url, { queue, timeout: +ms, trace });

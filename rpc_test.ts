@@ -468,6 +468,7 @@ function mistakesOfBoth(refused: string, mute: string, wrongPassword: string): M
         /^cannot connect to u:\*\*\*@localhost: /,
       ],
       [script, ["--bogus", ...n], {}, 2, usage("Unknown option '--bogus'")],
+      [script, ["--queue", "", ...n], {}, 2, usage("--queue must not be empty")],
       [
         script,
         ["--queue:amqp://u:hunter2@x", ...n],
