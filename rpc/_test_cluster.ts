@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import amqp from "npm:amqplib@^2.3.1";
 import { fib, FibonacciRpcClient, RpcError } from "./mod.ts";
-import { ROOT } from "./_test_process.ts";
+import { runCommand } from "./_test_process.ts";
 import { delay } from "./_test_util.ts";
 
 /** The AMQP URLs of the test cluster's three nodes (.ci/cluster.sh). */
@@ -18,19 +18,11 @@ export const CLUSTER_URLS = [5681, 5682, 5683].map((port) =>
 
 /** Runs .ci/cluster.sh (never `start`: the tests use a cluster started before them); returns its last line of output. */
 export async function cluster(...args: string[]): Promise<string> {
-  const output = await new Deno.Command("bash", {
-    args: [".ci/cluster.sh", ...args],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(240_000),
-  }).output();
-  const stdout = new TextDecoder().decode(output.stdout).trim();
-  const stderr = new TextDecoder().decode(output.stderr).trim();
-  if (!output.success) {
-    throw new Error(`cluster.sh ${args.join(" ")}: ${stderr.split("\n").at(-1)}`);
+  const { code, stdout, stderr } = await runCommand("bash", [".ci/cluster.sh", ...args], 240_000);
+  if (code !== 0) {
+    throw new Error(`cluster.sh ${args.join(" ")}: ${stderr.trim().split("\n").at(-1)}`);
   }
-  return stdout.split("\n").at(-1) ?? "";
+  return stdout.trim().split("\n").at(-1) ?? "";
 }
 
 /** Whether something listens on 127.0.0.1:`port`. */
