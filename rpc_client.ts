@@ -7,7 +7,7 @@
  */
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
-import amqp, { type Channel, type ChannelModel, type ConsumeMessage } from "npm:amqplib@^2.3.1";
+import amqp, { type Channel, type ChannelModel, type ConsumeMessage } from "npm:amqplib@2.3.1";
 
 type Options = { queue?: string; timeout?: number; trace?: (line: string) => void };
 type Call = { n: number; settle(outcome: bigint | Error): void };

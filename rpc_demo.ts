@@ -13,7 +13,7 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import amqp, { type ChannelModel } from "npm:amqplib@^2.3.1";
+import amqp, { type ChannelModel } from "npm:amqplib@2.3.1";
 import { startServer } from "./rpc_server.ts";
 import { FibonacciRpcClient } from "./rpc_client.ts";
 

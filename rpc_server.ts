@@ -11,7 +11,7 @@
  */
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
-import amqp, { type ChannelModel } from "npm:amqplib@^2.3.1";
+import amqp, { type ChannelModel } from "npm:amqplib@2.3.1";
 
 /** The largest n we compute. fib(10000) has 2,090 digits; a bound keeps one request cheap. */
 export const MAX_N = 10_000;

@@ -12,7 +12,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import amqp, { type ChannelModel, type Message } from "npm:amqplib@^2.3.1";
+import amqp, { type ChannelModel, type Message } from "npm:amqplib@2.3.1";
 import { fib, MAX_N, startServer } from "./rpc_server.ts";
 import { FibonacciRpcClient } from "./rpc_client.ts";
 

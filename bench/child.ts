@@ -67,7 +67,7 @@ async function builtIns(): Promise<Stamps> {
 
 async function cold(config: Config): Promise<Stamps> {
   const stamps = await builtIns();
-  await import("npm:amqplib@^2.3.1");
+  await import("npm:amqplib@2.3.1");
   stamps.push(["amqplib loaded", now()]);
   const { FibonacciRpcClient } = await import("../rpc/mod.ts");
   stamps.push(["rpc/mod.ts loaded", now()]);
@@ -83,7 +83,7 @@ async function cold(config: Config): Promise<Stamps> {
 async function coldRaw(config: Config): Promise<Stamps> {
   const stamps = await builtIns();
   const { Buffer } = await import("node:buffer");
-  const { default: amqp } = await import("npm:amqplib@^2.3.1");
+  const { default: amqp } = await import("npm:amqplib@2.3.1");
   stamps.push(["amqplib loaded", now()]);
   const connection = await amqp.connect(config.url, { noDelay: true });
   stamps.push(["TCP connect and AMQP handshake", now()]);

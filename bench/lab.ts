@@ -10,8 +10,8 @@
  * @module
  */
 import process from "node:process";
-import amqp from "npm:amqplib@^2.3.1";
-import type { Channel, ChannelModel } from "npm:amqplib@^2.3.1";
+import amqp from "npm:amqplib@2.3.1";
+import type { Channel, ChannelModel } from "npm:amqplib@2.3.1";
 import { childCommand, childEnv, children, denoRun, probe, run, stop, track } from "./processes.ts";
 import { PREFETCH, PYTHON, type QueueType, ROOT, type Settings } from "./settings.ts";
 

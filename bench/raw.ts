@@ -29,8 +29,8 @@
  */
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
-import amqp from "npm:amqplib@^2.3.1";
-import type { Channel, ConfirmChannel, Options } from "npm:amqplib@^2.3.1";
+import amqp from "npm:amqplib@2.3.1";
+import type { Channel, ConfirmChannel, Options } from "npm:amqplib@2.3.1";
 
 /** Which features a raw client uses. */
 export interface RawClientOptions {

@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import amqp from "npm:amqplib@^2.3.1";
+import amqp from "npm:amqplib@2.3.1";
 import { spawnDeno } from "./_test_process.ts";
 import { BROKER_URL, shown, waitFor } from "./_test_util.ts";
 

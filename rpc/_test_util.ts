@@ -12,8 +12,8 @@
  *
  * @module
  */
-import amqp from "npm:amqplib@^2.3.1";
-import type { Channel, ChannelModel, Message } from "npm:amqplib@^2.3.1";
+import amqp from "npm:amqplib@2.3.1";
+import type { Channel, ChannelModel, Message } from "npm:amqplib@2.3.1";
 import {
   fib,
   type FibonacciClientOptions,

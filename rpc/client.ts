@@ -12,7 +12,7 @@ import type {
   ConsumeMessage,
   Message,
   RecoveringChannelModel,
-} from "npm:amqplib@^2.3.1";
+} from "npm:amqplib@2.3.1";
 import { ignoreError, openConnection } from "./connection.ts";
 import { checkTimeout, DEADLINE_HEADER } from "./deadlines.ts";
 import { QueueInspector } from "./diagnosis.ts";

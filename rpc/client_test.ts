@@ -13,8 +13,8 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import amqp from "npm:amqplib@^2.3.1";
-import type { ChannelModel, Message } from "npm:amqplib@^2.3.1";
+import amqp from "npm:amqplib@2.3.1";
+import type { ChannelModel, Message } from "npm:amqplib@2.3.1";
 import { fib, FibonacciRpcClient, FibonacciRpcServer, RpcError } from "./mod.ts";
 import { closeFromBroker, fromBrokerSide, startCountingProxy, startProxy } from "./_test_faults.ts";
 import {

@@ -29,7 +29,7 @@ import { quiet, slowHandler, waitFor } from "./_test_util.ts";
 /** The AMQP ports of the test cluster's nodes 1, 2 and 3. */
 const CLUSTER_PORTS = CLUSTER_URLS.map((url) => Number(new URL(url).port));
 
-const { ignore } = await clusterTests("cluster_test.ts");
+const { ignore } = clusterTests("cluster_test.ts");
 
 /** A queue of the step's own on the cluster; disposing it deletes it. */
 function clusterQueue() {

@@ -5,8 +5,8 @@
  *
  * @module
  */
-import amqp from "npm:amqplib@^2.3.1";
-import type { ChannelModel, RecoveringChannelModel } from "npm:amqplib@^2.3.1";
+import amqp from "npm:amqplib@2.3.1";
+import type { ChannelModel, RecoveringChannelModel } from "npm:amqplib@2.3.1";
 import { redact } from "./urls.ts";
 
 /** How long a TCP connect plus the AMQP handshake may take, in ms. */

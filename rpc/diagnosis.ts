@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Channel } from "npm:amqplib@^2.3.1";
+import type { Channel } from "npm:amqplib@2.3.1";
 import { ignoreError, within } from "./connection.ts";
 import type { NoReplyDiagnosis } from "./errors.ts";
 

@@ -180,7 +180,7 @@ Deno.test("10,000 calls on one abort signal share one listener, and one abort re
 // ─── A broker that blocks publishers (a memory alarm on a cluster node) ─────
 
 const NODE = "rpc-cluster-1@localhost";
-const blockedTest = await clusterTests("faults_test.ts");
+const blockedTest = clusterTests("faults_test.ts");
 
 /** Node 1's memory watermark as set_vm_memory_high_watermark takes it back. */
 async function readWatermark(): Promise<string[]> {

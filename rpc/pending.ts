@@ -5,7 +5,7 @@
  * @module
  */
 import type { Buffer } from "node:buffer";
-import type { Message } from "npm:amqplib@^2.3.1";
+import type { Message } from "npm:amqplib@2.3.1";
 import { RpcError } from "./errors.ts";
 import type { Session } from "./session.ts";
 import { DeadlineSweep } from "./deadlines.ts";

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Channel, ChannelModel } from "npm:amqplib@^2.3.1";
+import type { Channel, ChannelModel } from "npm:amqplib@2.3.1";
 import { ignoreError } from "./connection.ts";
 import type { RateLimitedLog } from "./log.ts";
 

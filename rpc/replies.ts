@@ -15,7 +15,7 @@ import type {
   ChannelModel,
   ConsumeMessage,
   RecoveringChannelModel,
-} from "npm:amqplib@^2.3.1";
+} from "npm:amqplib@2.3.1";
 import { ignoreError, openConnection, within } from "./connection.ts";
 import { BadRequestError } from "./errors.ts";
 import type { RateLimitedLog } from "./log.ts";

@@ -11,7 +11,7 @@ import type {
   ChannelModel,
   ConsumeMessage,
   RecoveringChannelModel,
-} from "npm:amqplib@^2.3.1";
+} from "npm:amqplib@2.3.1";
 import { ignoreError, openConnection } from "./connection.ts";
 import { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 import { BadRequestError } from "./errors.ts";

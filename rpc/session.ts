@@ -11,7 +11,7 @@ import type {
   ConsumeMessage,
   Message,
   Options,
-} from "npm:amqplib@^2.3.1";
+} from "npm:amqplib@2.3.1";
 import { ignoreError } from "./connection.ts";
 
 /** RabbitMQ's direct reply-to pseudo-queue: replies come straight to the consuming channel. */

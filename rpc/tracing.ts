@@ -25,7 +25,7 @@ import {
   trace,
   type Tracer,
   type TracerProvider,
-} from "npm:@opentelemetry/api@^1.9.0";
+} from "npm:@opentelemetry/api@1.10.0";
 
 /**
  * The tracer's name: the package's (deno.json).

@@ -16,7 +16,7 @@ import {
   SpanStatusCode,
   trace,
   type TracerProvider,
-} from "npm:@opentelemetry/api@^1.9.0";
+} from "npm:@opentelemetry/api@1.10.0";
 import {
   amqpHeaders,
   startCallSpan,
@@ -188,7 +188,7 @@ Deno.test({
  */
 const SPANS_SCRIPT = `
     import { Buffer } from "node:buffer";
-    import { trace } from "npm:@opentelemetry/api@^1.9.0";
+    import { trace } from "npm:@opentelemetry/api@1.10.0";
     import { startCallSpan, startProcessSpan, tracingEnabled } from "${TRACING}";
     const call = startCallSpan("unit_q", "corr-1");
     const { traceparent, ...rest } = call.headers;
