@@ -8,22 +8,46 @@
 
 /**
  * Why an {@linkcode RpcError} was raised:
- * - `"remote"`: the server answered with an error reply (its handler threw);
+ * - `"remote"`: the server answered with an error reply that names no
+ *   code (an older server, or another tutorial server);
+ * - `"bad-request"`: the request was refused as unreadable or invalid, by
+ *   the server (its handler threw {@linkcode BadRequestError}, or the
+ *   request broke the contract) or, for a contract, by the client before
+ *   sending;
+ * - `"internal"`: the server's handler failed; the message names no detail
+ *   of it, only an id to find the error in the server's log;
+ * - `"handler-timeout"`: the server's handler ran out of time
+ *   (`handlerTimeout`);
  * - `"timeout"`: no reply before the deadline; `diagnosis` says why;
  * - `"no-route"`: the request queue does not exist;
  * - `"connection-lost"`: the broker connection dropped, or is reconnecting;
  * - `"rejected"`: the queue refused the request (full, or no leader yet);
  * - `"closed"`: the client was closed;
  * - `"bad-reply"`: the reply was too large, or not what the caller reads.
+ *
+ * A handler may throw an `RpcError` with a code of its own (any text):
+ * the caller's `RpcError` carries that code and the handler's message.
  */
 export type RpcErrorCode =
   | "remote"
+  | "bad-request"
+  | "internal"
+  | "handler-timeout"
   | "timeout"
   | "no-route"
   | "connection-lost"
   | "rejected"
   | "closed"
-  | "bad-reply";
+  | "bad-reply"
+  // deno-lint-ignore ban-types
+  | (string & {});
+
+/**
+ * The header of an error reply (`type: error`) that names its code: one
+ * of {@linkcode RpcErrorCode}'s, or a handler's own. The body stays the
+ * error's text, as the tutorials' clients print it.
+ */
+export const ERROR_CODE_HEADER = "x-error-code";
 
 /**
  * Why a call timed out, as far as one look at the request queue tells:

@@ -44,7 +44,14 @@ export {
   type ServerOptions,
 } from "./options.ts";
 export type { Reply } from "./replies.ts";
-export { BadRequestError, type NoReplyDiagnosis, RpcError, type RpcErrorCode } from "./errors.ts";
+export {
+  BadRequestError,
+  ERROR_CODE_HEADER,
+  type NoReplyDiagnosis,
+  RpcError,
+  type RpcErrorCode,
+} from "./errors.ts";
+export type { RequestContext } from "./context.ts";
 export { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 export {
   DEFAULT_QUEUE,

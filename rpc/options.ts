@@ -3,13 +3,15 @@
  *
  * @module
  */
+import type { RequestContext } from "./context.ts";
 import type { Reply } from "./replies.ts";
 
 /**
- * Computes the reply to one request, from the request's bytes. It may be
- * async. If it throws, the caller gets an error reply carrying the message.
+ * Computes the reply to one request, from the request's bytes and its
+ * {@linkcode RequestContext}. It may be async. If it throws, the caller
+ * gets an error reply.
  */
-export type Handler = (request: Uint8Array) => Reply | Promise<Reply>;
+export type Handler = (request: Uint8Array, context: RequestContext) => Reply | Promise<Reply>;
 
 /**
  * Requests the broker hands one server before it has acked any: the

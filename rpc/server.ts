@@ -12,6 +12,7 @@ import type {
   ConsumeMessage,
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
+import type { RequestContext } from "./context.ts";
 import { ignoreError, openConnection } from "./connection.ts";
 import { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 import { BadRequestError } from "./errors.ts";
@@ -198,9 +199,10 @@ export class RpcServer implements AsyncDisposable {
       if (!address.correlationId) throw new BadRequestError("request has no correlation_id");
       this.#logRequest(message);
       // Inside the span's context, so that the handler's own spans nest under it.
+      const context = placeholderContext(this.queue, message); // issue 25 replaces this
       result = span
-        ? span.run(() => this.#handler(message.content))
-        : this.#handler(message.content);
+        ? span.run(() => this.#handler(message.content, context))
+        : this.#handler(message.content, context);
     } catch (error) {
       return this.#reply(channel, message, address, error, true);
     }
@@ -394,4 +396,17 @@ function giveBack(channel: Channel, message: ConsumeMessage): void {
   } catch (error) {
     ignoreError(error);
   }
+}
+
+/** A context without deadline or signal (issue 25 builds the real one). */
+function placeholderContext(queue: string, message: ConsumeMessage): RequestContext {
+  return {
+    queue,
+    correlationId: String(message.properties.correlationId),
+    headers: message.properties.headers ?? {},
+    userId: message.properties.userId,
+    redelivered: message.fields.redelivered,
+    deadline: undefined,
+    signal: new AbortController().signal,
+  };
 }
