@@ -1,150 +1,169 @@
-/**
- * rpc_client.ts: the client of RabbitMQ's RPC tutorial (tutorial six), for Deno. It sends n to
- * the queue rpc_queue and waits on its callback queue for the reply with its correlation_id:
- *     deno run --allow-net --allow-env rpc_client.ts 30          # [.] Got 832040
- *     deno run --allow-net --allow-env rpc_client.ts 10 20 30    # three calls at once
- * @module
- */
+// rpc_client.ts: the client of RabbitMQ's RPC tutorial (tutorial six).
+// It sends n to rpc_queue, and waits on its callback queue for the reply
+// with its correlation_id. Several calls share the callback queue:
+//     deno run --allow-net --allow-env rpc_client.ts 10 20 30
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
-import amqp, { type Channel, type ChannelModel, type ConsumeMessage } from "npm:amqplib@2.3.1";
+import amqp from "npm:amqplib@2.3.1";
 
-type Options = { queue?: string; timeout?: number; trace?: (line: string) => void };
-type Call = { n: number; settle(outcome: bigint | Error): void };
+// Connects; gives back call(n), close() and the callback queue name.
+export async function startClient(
+  url: string,
+  queue = "rpc_queue",
+  timeout = 30_000,
+  verbose = false,
+) {
+  // Step 1: connect to RabbitMQ, and open a channel. noDelay: send each
+  // message at once; timeout: a port that never speaks AMQP fails in 10 s.
+  const options = { noDelay: true, timeout: 10_000 };
+  const connection = await amqp.connect(url, options);
+  connection.on("error", () => {}); // "close" follows it, and fails calls
+  const channel = await connection.createChannel();
+  channel.on("error", () => {}); // "close" follows it, and fails calls
+  // Step 2: declare a callback queue for the replies: the broker names
+  // it, only we may use it, and it goes away when we disconnect.
+  const declared = await channel.assertQueue("", { exclusive: true });
+  const callbackQueue = declared.queue;
+  // The calls waiting for their reply, by correlation_id.
+  const calls = new Map();
 
-/** Calls fib(n) on the server: one connection, one callback queue, any number of calls at once. */
-export class FibonacciRpcClient {
-  readonly #calls = new Map<string, Call>(); // the calls awaiting a reply, by correlation_id
-  private constructor(
-    private readonly connection: ChannelModel,
-    private readonly channel: Channel,
-    readonly callbackQueue: string,
-    private readonly options: Options,
-  ) {}
+  // Step 3: consume the callback queue. noAck: a lost reply times out.
+  await channel.consume(callbackQueue, (reply) => {
+    if (reply === null) return; // only if our queue were deleted
+    const correlationId = reply.properties.correlationId;
+    const id = String(correlationId).slice(0, 8);
+    const text = reply.content.toString();
+    const call = calls.get(correlationId);
+    // A reply that no call waits for is a duplicate (a server died
+    // before its ack, and another answered again) or a stray: drop it.
+    if (call === undefined) {
+      if (verbose) console.error(` [<] reply ${id}: no call waits, dropped`);
+      return;
+    }
+    if (verbose) console.error(` [<] reply ${id}: matches fib(${call.n})`);
+    // An answer is digits; anything else (type "error") says what failed.
+    if (reply.properties.type !== "error" && /^\d+$/.test(text)) {
+      settle(correlationId, BigInt(text));
+    } else {
+      settle(correlationId, new Error(`fib(${call.n}): ${text}`));
+    }
+  }, { noAck: true });
 
-  /** Connects. Options: the server's queue (rpc_queue), each call's timeout (30000 ms), trace. */
-  static async connect(url: string, options: Options = {}): Promise<FibonacciRpcClient> {
-    // Step 1: connect, and open a channel (connect(), below, adds what the tutorial leaves out).
-    const connection = await connect(url);
-    const channel = await connection.createChannel();
-    channel.on("error", () => {}); // should the broker close the channel, the calls time out
-    // Step 2: the callback queue: exclusive, named by the broker, deleted when we disconnect.
-    const { queue } = await channel.assertQueue("", { exclusive: true });
-    const client = new FibonacciRpcClient(connection, channel, queue, options);
-    // Step 3: consume it. noAck: a reply that gets lost is a call that times out.
-    await channel.consume(queue, (reply) => reply && client.#onReply(reply), { noAck: true });
-    // A lost connection fails every call in flight at once, not each at its timeout.
-    connection.on("close", () => client.#failAll("lost the connection to the broker"));
-    return client;
-  }
-
-  /** Step 4: call fib(n): publish n with reply_to and a fresh correlation_id; await the reply. */
-  async call(n: number): Promise<bigint> {
-    const { queue = "rpc_queue", timeout = 30_000, trace } = this.options;
+  // Asks for fib(n). Gives the answer, or an Error that says what failed.
+  function call(n: number): Promise<bigint | Error> {
     const correlationId = crypto.randomUUID();
-    const replyTo = this.callbackQueue;
-    trace?.(` [>] fib(${n}), correlation_id ${correlationId.slice(0, 8)}, reply_to ${replyTo}`);
-    this.channel.sendToQueue(queue, Buffer.from(String(n)), { replyTo, correlationId });
-    // Now remember the call. Its reply comes as a later event: never before this code has run.
-    return await new Promise((resolve, reject) => {
-      const settle = (outcome: bigint | Error) => {
-        this.#calls.delete(correlationId);
-        clearTimeout(timer);
-        return outcome instanceof Error ? reject(outcome) : resolve(outcome);
-      };
-      const late = new Error(`fib(${n}): no reply within ${timeout} ms (is the server running?)`);
-      const timer = setTimeout(() => settle(late), timeout);
-      this.#calls.set(correlationId, { n, settle });
+    return new Promise((resolve) => {
+      // Step 4: register the call first, so that its reply finds it,
+      // and give up on it after `timeout` ms.
+      const late = new Error(`fib(${n}): no reply within ${timeout} ms`);
+      const timer = setTimeout(() => settle(correlationId, late), timeout);
+      calls.set(correlationId, { n, resolve, timer });
+      // Step 5: send n to the server's queue, with reply_to (our callback
+      // queue) and the call's correlation_id. expiration: if no server
+      // takes the request before we give up, the broker drops it.
+      const replyTo = callbackQueue;
+      const options = { replyTo, correlationId, expiration: timeout };
+      channel.sendToQueue(queue, Buffer.from(String(n)), options);
+      const id = correlationId.slice(0, 8);
+      const sent = ` [>] fib(${n}), correlation_id ${id}, reply_to ${replyTo}`;
+      if (verbose) console.error(sent);
     });
   }
-
-  /** Step 5: a reply settles the call its correlation_id names. */
-  #onReply({ content, properties: { correlationId: id, type } }: ConsumeMessage): void {
-    const call = this.#calls.get(id);
-    const match = call ? `matches fib(${call.n})` : "no call waits for it, dropped";
-    this.options.trace?.(` [<] reply ${String(id).slice(0, 8)}: ${match}`);
-    const text = content.toString();
-    if (!call) return; // a duplicate (after a redelivery) or a stray: dropped, it is no error
-    if (type === "error") return call.settle(new Error(text)); // the server's own message
-    if (/^\d+$/.test(text)) return call.settle(BigInt(text));
-    call.settle(new Error(`fib(${call.n}): bad reply ${JSON.stringify(text.slice(0, 40))}`));
+  // Step 6: settle a call: forget it, stop its timer, give the answer.
+  function settle(correlationId: string, answer: bigint | Error) {
+    const call = calls.get(correlationId);
+    calls.delete(correlationId);
+    clearTimeout(call.timer);
+    call.resolve(answer);
   }
-
-  #failAll(why: string): void {
-    for (const call of this.#calls.values()) call.settle(new Error(`fib(${call.n}): ${why}`));
-  }
-
-  /** Step 6: close the connection; the calls still waiting fail. */
-  async close(): Promise<void> {
-    this.#failAll("the client was closed");
-    await this.connection.close().catch(() => {}); // closed already if the broker went away
-  }
-}
-
-/** Step 1, with what the tutorial leaves out. Fails with one line that hides the password. */
-async function connect(url: string): Promise<ChannelModel> {
-  // noDelay: with Nagle's algorithm on, each message would wait ~40 ms for a delayed ACK.
-  // timeout: a port that accepts but never speaks AMQP must not hang us.
-  const connection = await amqp.connect(url, { noDelay: true, timeout: 10_000 }).catch((error) => {
-    throw new Error(`cannot connect to ${hidePassword(url)}: ${why(error)}`);
+  // A lost connection fails every call at once, not each at its timeout.
+  connection.on("close", () => {
+    for (const [correlationId, call] of calls) {
+      const lost = `fib(${call.n}): lost the connection to the broker`;
+      settle(correlationId, new Error(lost));
+    }
   });
-  connection.on("error", () => {}); // else amqplib's "error" kills us; "close" follows it
-  return connection;
+  // Step 7: close the connection.
+  async function close() {
+    await connection.close();
+  }
+  return { callbackQueue, call, close };
 }
 
-function why({ code, message }: Error & { code?: string }): string {
-  if (code === "ECONNREFUSED") return "connection refused (is RabbitMQ running?)";
-  if (code === "ENOTFOUND" || code === "EAI_AGAIN") return "unknown host";
-  if (message === "connect ETIMEDOUT") return "no AMQP answer within 10 s (a RabbitMQ port?)";
-  if (/ACCESS.REFUSED/.test(message)) return "access refused (wrong user name or password?)";
-  if (message.startsWith("Expected ConnectionOpenOk")) return "no such vhost, or no access to it";
-  return message.split("\n")[0];
+// ─── What the tutorial leaves out ────────────────────────────────────
+
+// Why the broker could not be reached, in a few words.
+function why(error: { code?: string; message: string }) {
+  const text = error.message;
+  if (error.code === "ECONNREFUSED") return "refused (is RabbitMQ running?)";
+  if (text === "connect ETIMEDOUT") return "no AMQP answer within 10 s";
+  if (text.includes("ACCESS_REFUSED")) return "wrong user or password";
+  if (text.includes("ConnectionOpenOk")) return "no access to the vhost";
+  return text;
 }
 
-/** Text fit to print: a URL's password, or what a mistyped one has between : and @, is ***. */
-function hidePassword(text: string): string {
-  if (!URL.canParse(text) || !new URL(text).password) return text.replace(/:.*@/s, ":***@");
-  return Object.assign(new URL(text), { password: "***" }).href;
+// Text fit to print: in user:password@host, the password becomes ***.
+function hidePassword(text: string) {
+  const start = text.indexOf("//") + 1; // 0 if there is no "//"
+  const colon = text.indexOf(":", start);
+  const at = text.lastIndexOf("@");
+  if (colon === -1 || at < colon) return text;
+  return text.slice(0, colon) + ":***" + text.slice(at);
 }
 
-const USAGE = `Usage: deno run --allow-net --allow-env rpc_client.ts [options] N [N ...]
-Asks for fib(N), N from 0 to 10000, several at once. Broker: $AMQP_URL (amqp://localhost).
-Options: --queue NAME, the server's queue (default: rpc_queue); --timeout MS, how long
-each call waits for its reply (default: 30000); --verbose: each request and reply, matched.`;
+// Ends the program with one line, password hidden. 2: a bad command line.
+function exit(code: number, message: string): never {
+  const hint = code === 2 ? " (see --help)" : "";
+  console.error(`rpc_client: ${hidePassword(message.split("\n")[0])}${hint}`);
+  Deno.exit(code);
+}
+
+const USAGE = `Usage: rpc_client.ts [--queue NAME] [--timeout MS] [--verbose] N
+Asks the server on the queue NAME (rpc_queue) at $AMQP_URL for fib(N),
+N from 0 to 10000, each call waiting MS ms (30000) at most for its reply.`;
 
 if (import.meta.main) {
-  const [text, flag] = [{ type: "string" }, { type: "boolean" }] as const;
-  const options = { queue: text, timeout: text, verbose: flag, help: { ...flag, short: "h" } };
-  let stopping = false;
+  let args;
   try {
-    const { values, positionals } = parseArgs({ args: Deno.args, options, allowPositionals: true });
-    const { queue, timeout: ms = "30000", verbose, help } = values;
-    if (help) {
-      console.log(USAGE);
-      Deno.exit(0);
-    }
-    if (!positionals.length) throw new TypeError("give at least one n, e.g. rpc_client.ts 30");
-    const bad = positionals.find((n) => !/^\d{1,5}$/.test(n) || Number(n) > 10_000);
-    if (bad !== undefined) throw new TypeError(`n must be a number from 0 to 10000, got "${bad}"`);
-    if (!/^[1-9]\d{0,8}$/.test(ms)) throw new TypeError(`--timeout must be ms, got "${ms}"`);
-    if (queue === "") throw new TypeError("--queue must not be empty");
-    const url = Deno.env.get("AMQP_URL") ?? "amqp://localhost";
-    const trace = verbose ? console.error : undefined;
-    const client = await FibonacciRpcClient.connect(url, { queue, timeout: +ms, trace });
-    // Ctrl-C: close the connection, and exit 0.
-    Deno.addSignalListener("SIGINT", () => {
-      stopping = true;
-      client.close().finally(() => Deno.exit(0));
+    args = parseArgs({
+      args: Deno.args,
+      allowPositionals: true,
+      options: {
+        queue: { type: "string", default: "rpc_queue" },
+        timeout: { type: "string", default: "30000" },
+        verbose: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
     });
-    for (const n of positionals) console.log(` [x] Requesting fib(${+n})`);
-    const results = await Promise.all(positionals.map((n) => client.call(Number(n))));
-    for (const fib of results) console.log(` [.] Got ${fib}`);
-    await client.close();
   } catch (error) {
-    const usage = error instanceof TypeError; // a command line we do not take: exit 2
-    const message = (error as Error).message.replace(/\. To specify .*/s, "");
-    if (usage) console.error(`rpc_client: ${hidePassword(message)} (see --help)`);
-    else if (!stopping) console.error(`rpc_client: ${message}`);
-    if (!stopping) Deno.exit(usage ? 2 : 1);
+    exit(2, error instanceof Error ? error.message : String(error));
   }
+  if (args.values.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  const queue = args.values.queue;
+  const ms = args.values.timeout;
+  const numbers = args.positionals;
+  const bad = numbers.find((n) => !/^\d{1,5}$/.test(n) || Number(n) > 10000);
+  if (queue === "") exit(2, "--queue must not be empty");
+  if (!/^[1-9]\d{0,8}$/.test(ms)) exit(2, `--timeout must be ms, got "${ms}"`);
+  if (numbers.length === 0) exit(2, "give at least one n, e.g. 30");
+  if (bad !== undefined) exit(2, `n must be from 0 to 10000, got "${bad}"`);
+  const url = Deno.env.get("AMQP_URL") ?? "amqp://localhost";
+  const started = startClient(url, queue, Number(ms), args.values.verbose);
+  const client = await started.catch((error) => {
+    return exit(1, `cannot connect to ${url}: ${why(error)}`);
+  });
+  // Ctrl-C: exit 0 at once; the broker deletes our callback queue.
+  Deno.addSignalListener("SIGINT", () => Deno.exit(0));
+  for (const n of numbers) console.log(` [x] Requesting fib(${Number(n)})`);
+  const answers = numbers.map((n) => client.call(Number(n)));
+  // Each answer as soon as it, and those asked before it, are in.
+  for (const answer of answers) {
+    const result = await answer;
+    if (result instanceof Error) exit(1, result.message);
+    console.log(` [.] Got ${result}`);
+  }
+  await client.close();
 }
