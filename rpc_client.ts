@@ -118,10 +118,6 @@ function exit(code: number, message: string): never {
   Deno.exit(code);
 }
 
-const USAGE = `Usage: rpc_client.ts [--queue NAME] [--timeout MS]
-  [--verbose] N [N ...]: asks the queue NAME (rpc_queue)
-at $AMQP_URL for fib(N), waiting MS ms (30000) at most.`;
-
 if (import.meta.main) {
   let args;
   try {
@@ -141,7 +137,9 @@ if (import.meta.main) {
   const { queue, timeout, verbose, help } = args.values;
   const numbers = args.positionals;
   if (help) {
-    console.log(USAGE);
+    console.log("Usage: rpc_client.ts [--queue NAME]");
+    console.log("  [--timeout MS] [--verbose] N [N ...]");
+    console.log("NAME: rpc_queue; MS: 30000; the broker: $AMQP_URL.");
     Deno.exit(0);
   }
   if (queue === "") exit(2, "--queue must not be empty");

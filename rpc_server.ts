@@ -56,11 +56,8 @@ export async function startServer(url: string, queue: string) {
       console.log(` [.] fib(${n})`);
       answer = fib(n).toString();
     } else {
-      const size = request.content.length;
-      let got = JSON.stringify(text);
-      if (size > 40) got = `${size} bytes`;
-      answer = "n must be a decimal integer from 0 to 10000";
-      answer = `${answer}, got ${got}`;
+      const got = JSON.stringify(text.slice(0, 40));
+      answer = `n must be from 0 to 10000, got ${got}`;
       type = "error";
       console.log(` [!] Bad request: ${answer}`);
     }
@@ -123,10 +120,6 @@ function exit(code: number, message: string): never {
   Deno.exit(code);
 }
 
-const USAGE = `Usage: rpc_server.ts [--queue NAME]
-Answers fib(n) from the queue NAME (rpc_queue) on
-the broker at $AMQP_URL (amqp://localhost).`;
-
 if (import.meta.main) {
   let args;
   try {
@@ -142,7 +135,8 @@ if (import.meta.main) {
   }
   const queue = args.values.queue;
   if (args.values.help) {
-    console.log(USAGE);
+    console.log("Usage: rpc_server.ts [--queue NAME]");
+    console.log("NAME: rpc_queue; the broker: $AMQP_URL.");
     Deno.exit(0);
   }
   if (queue === "") exit(2, "--queue must not be empty");
@@ -152,9 +146,8 @@ if (import.meta.main) {
     return exit(1, `cannot connect to ${url}: ${why(error)}`);
   });
   // A lost connection: one line, and exit 1.
-  connection.on("close", () => {
-    exit(1, "lost the connection to the broker");
-  });
+  const lost = "lost the connection to the broker";
+  connection.on("close", () => exit(1, lost));
   // Ctrl-C: close the connection (a request not acked
   // goes back to the queue), and exit 0.
   Deno.addSignalListener("SIGINT", async () => {

@@ -365,7 +365,7 @@ Deno.test("a bad request gets an error reply and is acked, and the server goes o
   const { queue: replyTo } = await broker.channel.assertQueue("", { exclusive: true });
   const replies: Message[] = [];
   await broker.channel.consume(replyTo, (reply) => reply && replies.push(reply), { noAck: true });
-  const refusal = (got: string) => `n must be a decimal integer from 0 to 10000, got ${got}`;
+  const refusal = (got: string) => `n must be from 0 to 10000, got ${got}`;
   const cases: Array<[Buffer, string]> = [
     [Buffer.from("abc"), refusal('"abc"')],
     [Buffer.from("-5"), refusal('"-5"')],
@@ -373,7 +373,7 @@ Deno.test("a bad request gets an error reply and is acked, and the server goes o
     [Buffer.from(""), refusal('""')],
     [Buffer.from("10001"), refusal('"10001"')],
     [Buffer.from("9".repeat(30)), refusal(`"${"9".repeat(30)}"`)],
-    [Buffer.alloc(1_000_000, "7"), refusal("1000000 bytes")],
+    [Buffer.alloc(1_000_000, "7"), refusal(`"${"7".repeat(40)}"`)],
     [Buffer.from([0xff, 0xfe, 0x31]), refusal('"\uFFFD\uFFFD1"')],
     [Buffer.from("a\nb"), refusal('"a\\nb"')], // on one line in the server's log, too
     [Buffer.from(" 12\n"), ""], // white space around the digits is fine
@@ -734,11 +734,11 @@ Deno.test("the server's consume callback, pasted alone into a file of one's own,
     assert.equal(mine.stderr, "");
     assert.deepEqual(await ask(broker, broker.queue, ["10", "abc"]), [
       [undefined, "55"],
-      ["error", 'n must be a decimal integer from 0 to 10000, got "abc"'],
+      ["error", 'n must be from 0 to 10000, got "abc"'],
     ]);
     assert.equal(
       mine.stdout,
-      'ready\n [.] fib(10)\n [!] Bad request: n must be a decimal integer from 0 to 10000, got "abc"\n',
+      'ready\n [.] fib(10)\n [!] Bad request: n must be from 0 to 10000, got "abc"\n',
     );
     await allAcked(broker);
   } finally {
@@ -837,7 +837,7 @@ Deno.test("rpc_demo.ts runs with only --allow-net and --allow-env and shows each
   assert.match(stdout, /\n {2}fib\(90\) = 2880067194370816120\n/);
   assert.match(
     stdout,
-    /error reply: fib\(20000\): n must be a decimal integer from 0 to 10000, got "20000"\n/,
+    /error reply: fib\(20000\): n must be from 0 to 10000, got "20000"\n/,
   );
   assert.match(stdout, /\n {2}fib\(10\) = 55\n/);
   // Its queue is gone.
