@@ -27,7 +27,10 @@ export async function startServer(url: string, queue: string) {
   connection.on("error", () => {}); // "close" follows
   // Step 2: open a channel. If the broker closes it, stop.
   const channel = await connection.createChannel();
-  channel.on("error", (error) => exit(1, error.message));
+  channel.on("error", (error) => {
+    console.error(`rpc_server: ${error.message}`);
+    Deno.exit(1);
+  });
   // Step 3: declare the queue: durable and quorum, as
   // every tutorial declares it today.
   await channel.assertQueue(queue, {

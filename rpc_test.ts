@@ -701,6 +701,32 @@ Deno.test("each mistake, or a broker out of reach, gets one line and its exit co
 
 // ─── Copying the lesson ──────────────────────────────────────────────────────
 
+/**
+ * Runs `source` as a learner's own file in an empty folder, on `broker.queue`, and checks that it
+ * answers 10 and "abc" as the lesson's server does.
+ */
+async function runsAsTheServer(broker: Awaited<ReturnType<typeof openBroker>>, source: string) {
+  const folder = await Deno.makeTempDir({ prefix: "rpc_test." });
+  try {
+    await Deno.writeTextFile(`${folder}/my_server.ts`, source);
+    await using mine = deno("my_server.ts", [], { QUEUE: broker.queue }, folder);
+    const ready = () => mine.stdout.includes(AWAITING) || mine.exited;
+    await waitFor("the pasted server", ready, 30_000);
+    assert.equal(mine.stderr, "");
+    assert.deepEqual(await ask(broker, broker.queue, ["10", "abc"]), [
+      [undefined, "55"],
+      ["error", 'n must be from 0 to 10000, got "abc"'],
+    ]);
+    const refused = ' [!] Bad request: n must be from 0 to 10000, got "abc"\n';
+    assert.equal(mine.stdout, `${AWAITING} [.] fib(10)\n${refused}`);
+    mine.child.kill("SIGKILL");
+    await mine.status;
+    await allAcked(broker);
+  } finally {
+    await Deno.remove(folder, { recursive: true });
+  }
+}
+
 Deno.test("the server's consume callback, pasted alone into a file of one's own, runs", async () => {
   await using broker = await openBroker();
   const source = await Deno.readTextFile(`${HERE}/rpc_server.ts`);
@@ -710,40 +736,52 @@ Deno.test("the server's consume callback, pasted alone into a file of one's own,
   const consumeStart = source.indexOf("  await channel.consume(queue, (request) => {");
   const consumeText = source.slice(consumeStart, source.indexOf("\n  });\n", consumeStart) + 7);
   assert.ok(fibStart >= 0 && consumeStart >= 0, "found in rpc_server.ts");
-  const own = [
-    'import { Buffer } from "node:buffer";',
-    'import amqp from "npm:amqplib@2.3.1";',
-    fibText.replace("export ", ""),
-    'const connection = await amqp.connect(Deno.env.get("AMQP_URL")!);',
-    "const channel = await connection.createChannel();",
-    'const queue = Deno.env.get("QUEUE")!;',
-    'await channel.assertQueue(queue, { durable: true, arguments: { "x-queue-type": "quorum" } });',
-    "await channel.prefetch(1);",
-    consumeText,
-    'console.log("ready");',
-  ].join("\n");
+  await runsAsTheServer(
+    broker,
+    [
+      'import { Buffer } from "node:buffer";',
+      'import amqp from "npm:amqplib@2.3.1";',
+      fibText.replace("export ", ""),
+      'const connection = await amqp.connect(Deno.env.get("AMQP_URL")!);',
+      "const channel = await connection.createChannel();",
+      'const queue = Deno.env.get("QUEUE")!;',
+      'await channel.assertQueue(queue, { durable: true, arguments: { "x-queue-type": "quorum" } });',
+      "await channel.prefetch(1);",
+      `console.log(${JSON.stringify(AWAITING.slice(0, -1))});`,
+      consumeText,
+    ].join("\n"),
+  );
+});
+
+Deno.test("rpc_server.ts down to its divider (the tutorial's part), pasted alone, runs", async () => {
+  await using broker = await openBroker();
+  const source = await Deno.readTextFile(`${HERE}/rpc_server.ts`);
+  const divider = source.indexOf("// ─── What the tutorial leaves out");
+  assert.ok(divider > 0, "the divider is in rpc_server.ts");
+  const call = 'await startServer(Deno.env.get("AMQP_URL")!, Deno.env.get("QUEUE")!);';
+  await runsAsTheServer(broker, `${source.slice(0, divider)}\n${call}\n`);
+});
+
+Deno.test("rpc_client.ts down to its divider (the tutorial's part), pasted alone, runs", async () => {
+  await using broker = await openBroker();
+  await using server = await serve(broker.queue);
+  const source = await Deno.readTextFile(`${HERE}/rpc_client.ts`);
+  const divider = source.indexOf("// ─── What the tutorial leaves out");
+  assert.ok(divider > 0, "the divider is in rpc_client.ts");
+  const calls = [
+    'const client = await startClient(Deno.env.get("AMQP_URL")!, Deno.env.get("QUEUE")!);',
+    "console.log(await client.call(30), await client.call(90));",
+    "await client.close();",
+  ];
   const folder = await Deno.makeTempDir({ prefix: "rpc_test." });
   try {
-    await Deno.writeTextFile(`${folder}/my_server.ts`, own);
-    await using mine = deno("my_server.ts", [], { QUEUE: broker.queue }, folder);
-    await waitFor(
-      "the pasted server",
-      () => mine.stdout.includes("ready\n") || mine.exited,
-      30_000,
-    );
-    assert.equal(mine.stderr, "");
-    assert.deepEqual(await ask(broker, broker.queue, ["10", "abc"]), [
-      [undefined, "55"],
-      ["error", 'n must be from 0 to 10000, got "abc"'],
-    ]);
-    assert.equal(
-      mine.stdout,
-      'ready\n [.] fib(10)\n [!] Bad request: n must be from 0 to 10000, got "abc"\n',
-    );
-    await allAcked(broker);
+    await Deno.writeTextFile(`${folder}/my_client.ts`, source.slice(0, divider) + calls.join("\n"));
+    const mine = await run(deno("my_client.ts", [], { QUEUE: broker.queue }, folder));
+    assert.deepEqual(mine, { code: 0, stdout: "832040n 2880067194370816120n\n", stderr: "" });
   } finally {
     await Deno.remove(folder, { recursive: true });
   }
+  await stop(server);
 });
 
 Deno.test("rpc_server.ts and rpc_client.ts, copied alone into an empty folder, run and answer", async () => {
