@@ -26,15 +26,14 @@ export async function startClient(
   // The calls that wait for a reply, by correlation_id.
   const calls = new Map();
 
-  // Step 3: consume the replies (noAck: no ack needed).
+  // Step 3: consume the replies. noAck: a lost one times out.
   await channel.consume(callbackQueue, (reply) => {
     if (reply === null) return; // our queue was deleted
     const correlationId = reply.properties.correlationId;
     const id = String(correlationId).slice(0, 8);
     const text = reply.content.toString();
     const call = calls.get(correlationId);
-    // No call waits for it: a duplicate (a request
-    // answered twice) or a stray. Drop it.
+    // No call waits for it (a duplicate, a stray): drop it.
     if (call === undefined) {
       const dropped = ` [<] reply ${id}: no call waits for it, dropped`;
       if (verbose) console.error(dropped);
@@ -47,6 +46,7 @@ export async function startClient(
       settle(correlationId, new Error(`fib(${call.n}): ${text}`));
     }
   }, { noAck: true });
+
   // Asks for fib(n): gives the answer, or an Error.
   function call(n: number): Promise<bigint | Error> {
     const correlationId = crypto.randomUUID();

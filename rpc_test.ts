@@ -26,14 +26,23 @@ const HERE = import.meta.dirname!;
 const QUORUM = { durable: true, arguments: { "x-queue-type": "quorum" } };
 /** Debian's python3, where python3-pika installs; it runs our stand-ins in interop/. */
 const PYTHON = "/usr/bin/python3";
-const pikaMissing = !(await new Deno.Command(PYTHON, {
-  args: ["-c", "import pika"],
-  stdout: "null",
-  stderr: "null",
-}).output().then((output) => output.success, () => false));
+/** Whether PYTHON runs and has pika; no python3 at all is a no, too. */
+async function hasPika(): Promise<boolean> {
+  try {
+    const command = new Deno.Command(PYTHON, {
+      args: ["-c", "import pika"],
+      stdout: "null",
+      stderr: "null",
+    });
+    return (await command.output()).success;
+  } catch {
+    return false;
+  }
+}
+const pikaMissing = !(await hasPika());
 if (pikaMissing) {
   console.log(
-    "rpc_test.ts: skipping the 3 tests that run interop/*.py: /usr/bin/python3 has no pika " +
+    "rpc_test.ts: skipping the 3 tests that run interop/*.py: they need /usr/bin/python3 with pika " +
       "(apt-get install python3-pika)",
   );
 }
@@ -427,7 +436,7 @@ Deno.test("a request whose reply_to names another queue gets no reply, and is ac
 Deno.test({
   name:
     "requests whose reply_to and correlation_id are not UTF-8 are acked, and the server goes on" +
-    (pikaMissing ? " (skipped: /usr/bin/python3 has no pika)" : ""),
+    (pikaMissing ? " (skipped: needs /usr/bin/python3 with pika)" : ""),
   ignore: pikaMissing,
   async fn() {
     await using broker = await openBroker();
@@ -535,10 +544,19 @@ Deno.test("the command-line server and client work end to end, and Ctrl-C stops 
     verbose.stderr,
     /^ \[>\] fib\(12\), correlation_id (\w{8}), reply_to amq\.gen-\S+\n \[<\] reply \1: matches fib\(12\)\n$/,
   );
+  // The least it needs: the broker's host and port, and AMQP_URL (what the README shows).
+  const url = new URL(BROKER);
+  const net = `--allow-net=${url.hostname}:${url.port || 5672}`;
+  const scoped = ["run", net, "--allow-env=AMQP_URL", "rpc_client.ts", ...queue, "7"];
+  assert.deepEqual(await run(spawn(Deno.execPath(), scoped)), {
+    code: 0,
+    stdout: " [x] Requesting fib(7)\n [.] Got 13\n",
+    stderr: "",
+  });
   await stop(server);
   assert.equal(
     server.stdout,
-    AWAITING + [30, 10, 20, 30, 12].map((n) => ` [.] fib(${n})\n`).join(""),
+    AWAITING + [30, 10, 20, 30, 12, 7].map((n) => ` [.] fib(${n})\n`).join(""),
   );
 });
 
@@ -814,7 +832,7 @@ Deno.test("rpc_server.ts and rpc_client.ts, copied alone into an empty folder, r
 
 Deno.test({
   name: "interop: interop/peer_server.py (as the other tutorials' servers) answers our client" +
-    (pikaMissing ? " (skipped: /usr/bin/python3 has no pika)" : ""),
+    (pikaMissing ? " (skipped: needs /usr/bin/python3 with pika)" : ""),
   ignore: pikaMissing,
   async fn() {
     await using broker = await openBroker();
@@ -843,7 +861,7 @@ Deno.test({
 Deno.test({
   name:
     "interop: interop/peer_client.py (as the other tutorials' clients) gets answers from our server" +
-    (pikaMissing ? " (skipped: /usr/bin/python3 has no pika)" : ""),
+    (pikaMissing ? " (skipped: needs /usr/bin/python3 with pika)" : ""),
   ignore: pikaMissing,
   async fn() {
     await using broker = await openBroker();
