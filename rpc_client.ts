@@ -64,8 +64,8 @@ export async function startClient(
       const options = { replyTo, correlationId, expiration };
       channel.sendToQueue(queue, Buffer.from(String(n)), options);
       const id = correlationId.slice(0, 8);
-      const sent = ` [>] fib(${n}), correlation_id ${id}, reply_to ${replyTo}`;
-      if (verbose) console.error(sent);
+      const sent = ` [>] fib(${n}), correlation_id ${id}`;
+      if (verbose) console.error(`${sent}, reply_to ${replyTo}`);
     });
   }
   // Step 6: settle a call: forget it, give its answer.
