@@ -1,0 +1,304 @@
+/**
+ * # bench/against_rabbitmq_client.ts: ours against npm rabbitmq-client
+ *
+ * Our generic layer (`RpcClient` → `RpcServer`, `bench/generic_server.ts`)
+ * against what a TypeScript team would pick instead, npm `rabbitmq-client`
+ * used through its own RPC API (`bench/rabbitmq_client.ts`), on equal terms:
+ * the same queue (type, declared the same way), prefetch 50 and 50 handlers
+ * at once on both servers, 256 calls in flight from either client, the same
+ * work. Three rows, each in interleaved turns on a quorum and a classic queue:
+ *
+ * - I/O-bound: a handler that awaits 10 ms before it answers, as one that
+ *   queries a database does; calls/s;
+ * - throughput: fib(1), a trivial handler; calls/s;
+ * - sequential: one call at a time; p50 per turn.
+ *
+ * Besides the two pairs, each client calls the other's server (our client →
+ * its server, its client → ours), which shows which side a difference comes
+ * from and that the two talk to each other, and ours runs once more with
+ * direct reply-to, its client's reply mechanism.
+ *
+ * @module
+ */
+import { RpcClient } from "../rpc/mod.ts";
+import type { Pair } from "./contenders.ts";
+import type { Lab, Running, ServerSpec } from "./lab.ts";
+import { interleaved, onBothQueueTypes, pipelined, sequential } from "./loops.ts";
+import { type Caller, RABBITMQ_CLIENT, rabbitmqClient } from "./rabbitmq_client.ts";
+import { fixed, int, say, show, table } from "./report.ts";
+import { PREFETCH, QUEUE_TYPES, type QueueType } from "./settings.ts";
+import { mapValues, percentile, ratio, type Spread, spread } from "./stats.ts";
+import { type CpuTotal, cpuTurn, perCall } from "./throughput.ts";
+import { verdict } from "./verdicts.ts";
+
+/** Our pair. */
+const OURS = "ours: RpcClient → RpcServer";
+/** Theirs. */
+const THEIRS = "rabbitmq-client: RPCClient → Consumer";
+/** Our client against their server. */
+const OUR_CLIENT = "our RpcClient → rabbitmq-client's Consumer";
+/** Their client against our server. */
+const THEIR_CLIENT = "rabbitmq-client's RPCClient → our RpcServer";
+/** Our pair, our client on direct reply-to as theirs is. */
+const OURS_DIRECT = "ours, client on direct reply-to";
+/** The pairs of every row, ours and theirs first (back to back in most turns). */
+const PAIRS = [OURS, THEIRS, OUR_CLIENT, THEIR_CLIENT, OURS_DIRECT];
+/** The I/O-bound row's pairs: the server makes the difference there. */
+const IO_PAIRS = [OURS, THEIRS, OUR_CLIENT];
+
+/** The three clients, each on a connection of its own. */
+type Clients = Record<"ours" | "direct" | "theirs", Caller>;
+
+/** Our `RpcClient` as a caller, with the reply queue `replyQueue`. */
+async function ourClient(lab: Lab, replyQueue: "exclusive" | "direct"): Promise<Caller> {
+  const client = await RpcClient.connect({ url: lab.settings.url, replyQueue });
+  const decoder = new TextDecoder();
+  return {
+    to: (queue) => (n) => client.call(queue, String(n)).then((reply) => decoder.decode(reply)),
+    close: () => client.close(),
+  };
+}
+
+/** The pairs `names`: each client against the server it talks to in that pair. */
+function pairs(
+  clients: Clients,
+  servers: { ours: Running; theirs: Running },
+  names: string[],
+): Record<string, Pair> {
+  const pair = (client: Caller, server: Running): Pair => ({
+    call: client.to(server.queue),
+    close: () => Promise.resolve(), // the clients are shared, closed once
+    server,
+  });
+  const all: Record<string, Pair> = {
+    [OURS]: pair(clients.ours, servers.ours),
+    [THEIRS]: pair(clients.theirs, servers.theirs),
+    [OUR_CLIENT]: pair(clients.ours, servers.theirs),
+    [THEIR_CLIENT]: pair(clients.theirs, servers.ours),
+    [OURS_DIRECT]: pair(clients.direct, servers.ours),
+  };
+  return Object.fromEntries(names.map((name) => [name, all[name]]));
+}
+
+/** A warm-up, then interleaved pipelined turns: calls/s per turn, and CPU totals. */
+async function pipelinedRow(
+  lab: Lab,
+  row: Record<string, Pair>,
+  { calls, limitMs }: { calls: number; limitMs?: number },
+) {
+  const { turns } = lab.settings.plan.rabbitmqClient;
+  for (const { call } of Object.values(row)) {
+    await pipelined(call, 256, Math.min(calls, 500), limitMs ?? 60_000);
+  }
+  const cpu = mapValues(row, (): CpuTotal => ({ client: 0, server: 0, broker: 0, calls: 0 }));
+  const rates = await interleaved(
+    turns,
+    mapValues(row, (pair, name) => () => cpuTurn(lab, pair, cpu[name], calls, limitMs)),
+  );
+  return { rates, cpu };
+}
+
+/** A warm-up, then interleaved sequential turns: each turn's latencies in ms. */
+async function sequentialRow(lab: Lab, row: Record<string, Pair>) {
+  const { turns, sequentialCalls } = lab.settings.plan.rabbitmqClient;
+  for (const { call } of Object.values(row)) await sequential(call, 30);
+  return await interleaved(
+    turns,
+    mapValues(row, ({ call }) => () => sequential(call, sequentialCalls)),
+  );
+}
+
+/** The three rows on one queue type, with servers of their own, stopped afterwards. */
+async function rowsOn(lab: Lab, type: QueueType) {
+  const { calls, ioCalls, ioLimitMs, delayMs, concurrency } = lab.settings.plan.rabbitmqClient;
+  const specs: Record<string, ServerSpec> = {
+    ours: { kind: "generic", type, concurrency },
+    theirs: { kind: "rabbitmq-client", type, concurrency },
+    oursIo: { kind: "generic", type, concurrency, delayMs },
+    theirsIo: { kind: "rabbitmq-client", type, concurrency, delayMs },
+  };
+  const servers: Record<string, Running> = {};
+  for (const [name, spec] of Object.entries(specs)) servers[name] = await lab.server(spec);
+  const clients: Partial<Clients> = {};
+  try {
+    clients.ours = await ourClient(lab, "exclusive");
+    clients.direct = await ourClient(lab, "direct");
+    clients.theirs = await rabbitmqClient(lab.settings.url);
+    const trivial = pairs(
+      clients as Clients,
+      { ours: servers.ours, theirs: servers.theirs },
+      PAIRS,
+    );
+    const io = pairs(
+      clients as Clients,
+      { ours: servers.oursIo, theirs: servers.theirsIo },
+      IO_PAIRS,
+    );
+    return {
+      io: await pipelinedRow(lab, io, { calls: ioCalls, limitMs: ioLimitMs }),
+      throughput: await pipelinedRow(lab, trivial, { calls }),
+      sequential: await sequentialRow(lab, trivial),
+    };
+  } finally {
+    for (const client of Object.values(clients)) await client.close().catch(() => {});
+    for (const spec of Object.values(specs)) await lab.stopServer(spec);
+  }
+}
+
+/** Each pair's figure over `theirs`, per turn, for the pairs that have one. */
+function overTheirs(perTurn: Record<string, number[]>): Record<string, Spread> {
+  return Object.fromEntries(
+    Object.keys(perTurn).filter((name) => name !== THEIRS).map((name) => [
+      `${name} / rabbitmq-client`,
+      ratio(perTurn[name], perTurn[THEIRS]),
+    ]),
+  );
+}
+
+type Rows = Awaited<ReturnType<typeof rowsOn>>;
+
+/** Prints the tables: calls/s, sequential latency, the ratios, CPU per call. */
+function report(
+  lab: Lab,
+  both: Record<QueueType, Rows>,
+  p50s: Record<QueueType, Record<string, number[]>>,
+) {
+  const { turns, calls, ioCalls, ioLimitMs, delayMs, concurrency, sequentialCalls } =
+    lab.settings.plan.rabbitmqClient;
+  const { quorum, classic } = both;
+  const cell = (rates: Record<string, number[]>, name: string) =>
+    rates[name] ? show(spread(rates[name])) : "";
+  table(
+    `Against ${RABBITMQ_CLIENT}: 256 calls in flight, one server each (prefetch ${PREFETCH}, ` +
+      `concurrency ${concurrency}); calls/s, median (min–max) of ${turns} interleaved turns: ` +
+      `I/O-bound, a handler awaiting ${delayMs} ms (${int(ioCalls)} calls or ${
+        ioLimitMs / 1000
+      } s, ` +
+      `whichever first), and fib(1) (${int(calls)} calls)`,
+    ["client → server", "I/O-bound, quorum", "classic", "fib(1), quorum", "classic"],
+    PAIRS.map((name) => [
+      name,
+      cell(quorum.io.rates, name),
+      cell(classic.io.rates, name),
+      cell(quorum.throughput.rates, name),
+      cell(classic.throughput.rates, name),
+    ]),
+  );
+  const seq = (type: QueueType, name: string) => {
+    const all = both[type].sequential[name].flat();
+    return [show(spread(p50s[type][name]), fixed(3)), percentile(all, 99).toFixed(3)];
+  };
+  table(
+    `Against ${RABBITMQ_CLIENT}, one call at a time (fib(1)); ms; p50 as median (min–max) of ` +
+      `${turns} interleaved turns of ${sequentialCalls} calls, p99 over all`,
+    ["client → server", "quorum: p50", "p99", "classic: p50", "p99"],
+    PAIRS.map((name) => [name, ...seq("quorum", name), ...seq("classic", name)]),
+  );
+  const ratios = mapValues(both, (rows, type) => ({
+    io: overTheirs(rows.io.rates),
+    throughput: overTheirs(rows.throughput.rates),
+    sequential: overTheirs(p50s[type as QueueType]),
+  }));
+  const r = (type: QueueType, row: "io" | "throughput" | "sequential", name: string) =>
+    ratios[type][row][name] ? show(ratios[type][row][name], fixed(2)) : "";
+  table(
+    `Against ${RABBITMQ_CLIENT}: ratios, median (min–max) of the per-turn ratios (calls/s; ` +
+      `sequential: p50 ms, lower is faster)`,
+    [
+      "ratio",
+      "I/O-bound, quorum",
+      "classic",
+      "256 in flight, quorum",
+      "classic",
+      "sequential p50, quorum",
+      "classic",
+    ],
+    Object.keys(ratios.quorum.throughput).map((name) => [
+      name,
+      r("quorum", "io", name),
+      r("classic", "io", name),
+      r("quorum", "throughput", name),
+      r("classic", "throughput", name),
+      r("quorum", "sequential", name),
+      r("classic", "sequential", name),
+    ]),
+  );
+  const cpuRows = (row: "io" | "throughput", label: string) =>
+    Object.keys(quorum[row].cpu).map((name) => [
+      `${name} (${label})`,
+      ...(["client", "server", "broker"] as const).map((key) =>
+        perCall(quorum[row].cpu[name], key)
+      ),
+      ...(["client", "server", "broker"] as const).map((key) =>
+        perCall(classic[row].cpu[name], key)
+      ),
+    ]);
+  table(
+    "CPU per call in µs, over all turns: client (this process), server (its process), broker",
+    [
+      "client → server (row)",
+      "quorum: client",
+      "server",
+      "broker",
+      "classic: client",
+      "server",
+      "broker",
+    ],
+    [...cpuRows("io", "I/O-bound"), ...cpuRows("throughput", "fib(1)")],
+  );
+  return ratios;
+}
+
+/**
+ * 9. Ours against npm rabbitmq-client, server and client: an I/O-bound row
+ * (a handler awaiting 10 ms, 50 at once), 256 in flight with fib(1), and one
+ * call at a time; the targets are ours at least even in the first two and
+ * at most even in p50 in the third.
+ */
+export async function againstRabbitmqClient(lab: Lab) {
+  const { delayMs, concurrency } = lab.settings.plan.rabbitmqClient;
+  const both = await onBothQueueTypes((type) => rowsOn(lab, type));
+  const p50s = mapValues(
+    both,
+    (rows) => mapValues(rows.sequential, (perTurn) => perTurn.map((turn) => percentile(turn, 50))),
+  );
+  const ratios = report(lab, both, p50s as Record<QueueType, Record<string, number[]>>);
+  const oneAtATime = 1000 / delayMs;
+  say(`\nOurs: bench/generic_server.ts, RpcServer given concurrency: ${concurrency} (issue 25's`);
+  say(`option; a server without it runs one handler at a time, at most ${int(oneAtATime)} calls/s`);
+  say(
+    `with a ${delayMs} ms handler, against ${
+      int(oneAtATime * concurrency)
+    } for ${concurrency} at once),`,
+  );
+  say(`logging as shipped to a file; RpcClient with its exclusive callback queue. Theirs:`);
+  say(`bench/rabbitmq_client.ts, createConsumer with concurrency ${concurrency} and qos`);
+  say(`prefetchCount ${PREFETCH}, answering with its reply(); createRPCClient with confirm: true`);
+  say(`(direct reply-to). Both servers declare the queue, read n and answer fib(n) as text.`);
+  const key = `${OURS} / rabbitmq-client`;
+  for (const type of QUEUE_TYPES) {
+    const { io, throughput, sequential } = ratios[type];
+    verdict(`rabbitmq-client, I/O-bound, ${type}: ours / theirs >= 1.0`, io[key], 1, true);
+    verdict(
+      `rabbitmq-client, 256 in flight, ${type}: ours / theirs >= 1.0`,
+      throughput[key],
+      1,
+      true,
+    );
+    verdict(
+      `rabbitmq-client, sequential, ${type}: ours / theirs, p50 <= 1.0`,
+      sequential[key],
+      1,
+      false,
+    );
+  }
+  return {
+    version: RABBITMQ_CLIENT,
+    ratios,
+    ...mapValues(both, (rows, type) => ({
+      io: { callsPerSecond: rows.io.rates, cpu: rows.io.cpu },
+      throughput: { callsPerSecond: rows.throughput.rates, cpu: rows.throughput.cpu },
+      sequentialP50: p50s[type],
+    })),
+  };
+}
