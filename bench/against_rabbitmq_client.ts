@@ -33,8 +33,10 @@ import { verdict } from "./verdicts.ts";
 
 /** Our pair. */
 const OURS = "ours: RpcClient → RpcServer";
-/** Theirs. */
+/** Theirs, Nagle's algorithm off as ours (`noDelay: true`): the targets' yardstick. */
 const THEIRS = "rabbitmq-client: RPCClient → Consumer";
+/** Theirs as shipped: Nagle's algorithm on, its default. */
+const THEIRS_SHIPPED = "rabbitmq-client as shipped (noDelay off)";
 /** Our client against their server. */
 const OUR_CLIENT = "our RpcClient → rabbitmq-client's Consumer";
 /** Their client against our server. */
@@ -42,12 +44,12 @@ const THEIR_CLIENT = "rabbitmq-client's RPCClient → our RpcServer";
 /** Our pair, our client on direct reply-to as theirs is. */
 const OURS_DIRECT = "ours, client on direct reply-to";
 /** The pairs of every row, ours and theirs first (back to back in most turns). */
-const PAIRS = [OURS, THEIRS, OUR_CLIENT, THEIR_CLIENT, OURS_DIRECT];
+const PAIRS = [OURS, THEIRS, OUR_CLIENT, THEIR_CLIENT, OURS_DIRECT, THEIRS_SHIPPED];
 /** The I/O-bound row's pairs: the server makes the difference there. */
 const IO_PAIRS = [OURS, THEIRS, OUR_CLIENT];
 
 /** The three clients, each on a connection of its own. */
-type Clients = Record<"ours" | "direct" | "theirs", Caller>;
+type Clients = Record<"ours" | "direct" | "theirs" | "theirsShipped", Caller>;
 
 /** Our `RpcClient` as a caller, with the reply queue `replyQueue`. */
 async function ourClient(lab: Lab, replyQueue: "exclusive" | "direct"): Promise<Caller> {
@@ -62,7 +64,7 @@ async function ourClient(lab: Lab, replyQueue: "exclusive" | "direct"): Promise<
 /** The pairs `names`: each client against the server it talks to in that pair. */
 function pairs(
   clients: Clients,
-  servers: { ours: Running; theirs: Running },
+  servers: { ours: Running; theirs: Running; theirsShipped?: Running },
   names: string[],
 ): Record<string, Pair> {
   const pair = (client: Caller, server: Running): Pair => ({
@@ -77,6 +79,9 @@ function pairs(
     [THEIR_CLIENT]: pair(clients.theirs, servers.ours),
     [OURS_DIRECT]: pair(clients.direct, servers.ours),
   };
+  if (servers.theirsShipped) {
+    all[THEIRS_SHIPPED] = pair(clients.theirsShipped, servers.theirsShipped);
+  }
   return Object.fromEntries(names.map((name) => [name, all[name]]));
 }
 
@@ -108,32 +113,33 @@ async function sequentialRow(lab: Lab, row: Record<string, Pair>) {
   );
 }
 
-/** The three rows on one queue type, with servers of their own, stopped afterwards. */
-async function rowsOn(lab: Lab, type: QueueType) {
-  const { calls, ioCalls, ioLimitMs, delayMs, concurrency } = lab.settings.plan.rabbitmqClient;
-  const specs: Record<string, ServerSpec> = {
+/** The servers of the three rows on one queue type. */
+function serverSpecs(lab: Lab, type: QueueType): Record<string, ServerSpec> {
+  const { delayMs, concurrency } = lab.settings.plan.rabbitmqClient;
+  return {
     ours: { kind: "generic", type, concurrency },
     theirs: { kind: "rabbitmq-client", type, concurrency },
+    theirsShipped: { kind: "rabbitmq-client-as-shipped", type, concurrency },
     oursIo: { kind: "generic", type, concurrency, delayMs },
     theirsIo: { kind: "rabbitmq-client", type, concurrency, delayMs },
   };
-  const servers: Record<string, Running> = {};
-  for (const [name, spec] of Object.entries(specs)) servers[name] = await lab.server(spec);
+}
+
+/** The three rows on one queue type, with servers of their own, stopped afterwards. */
+async function rowsOn(lab: Lab, type: QueueType) {
+  const { calls, ioCalls, ioLimitMs } = lab.settings.plan.rabbitmqClient;
+  const specs = serverSpecs(lab, type);
   const clients: Partial<Clients> = {};
   try {
+    const servers: Record<string, Running> = {};
+    for (const [name, spec] of Object.entries(specs)) servers[name] = await lab.server(spec);
     clients.ours = await ourClient(lab, "exclusive");
     clients.direct = await ourClient(lab, "direct");
-    clients.theirs = await rabbitmqClient(lab.settings.url);
-    const trivial = pairs(
-      clients as Clients,
-      { ours: servers.ours, theirs: servers.theirs },
-      PAIRS,
-    );
-    const io = pairs(
-      clients as Clients,
-      { ours: servers.oursIo, theirs: servers.theirsIo },
-      IO_PAIRS,
-    );
+    clients.theirs = await rabbitmqClient(lab.settings.url, true);
+    clients.theirsShipped = await rabbitmqClient(lab.settings.url, false);
+    const { ours, theirs, theirsShipped, oursIo, theirsIo } = servers;
+    const trivial = pairs(clients as Clients, { ours, theirs, theirsShipped }, PAIRS);
+    const io = pairs(clients as Clients, { ours: oursIo, theirs: theirsIo }, IO_PAIRS);
     return {
       io: await pipelinedRow(lab, io, { calls: ioCalls, limitMs: ioLimitMs }),
       throughput: await pipelinedRow(lab, trivial, { calls }),
@@ -156,25 +162,22 @@ function overTheirs(perTurn: Record<string, number[]>): Record<string, Spread> {
 }
 
 type Rows = Awaited<ReturnType<typeof rowsOn>>;
+/** The three rows on both queue types, and the p50 of each sequential turn. */
+type Results = { both: Record<QueueType, Rows>; p50s: Record<QueueType, Record<string, number[]>> };
+/** The rows' ratios over rabbitmq-client's pair, per queue type. */
+type Ratios = Record<QueueType, Record<"io" | "throughput" | "sequential", Record<string, Spread>>>;
 
-/** Prints the tables: calls/s, sequential latency, the ratios, CPU per call. */
-function report(
-  lab: Lab,
-  both: Record<QueueType, Rows>,
-  p50s: Record<QueueType, Record<string, number[]>>,
-) {
-  const { turns, calls, ioCalls, ioLimitMs, delayMs, concurrency, sequentialCalls } =
+/** The calls/s table: both pipelined rows, both queue types. */
+function ratesTable(lab: Lab, { both: { quorum, classic } }: Results): void {
+  const { turns, calls, ioCalls, ioLimitMs, delayMs, concurrency } =
     lab.settings.plan.rabbitmqClient;
-  const { quorum, classic } = both;
   const cell = (rates: Record<string, number[]>, name: string) =>
     rates[name] ? show(spread(rates[name])) : "";
   table(
     `Against ${RABBITMQ_CLIENT}: 256 calls in flight, one server each (prefetch ${PREFETCH}, ` +
       `concurrency ${concurrency}); calls/s, median (min–max) of ${turns} interleaved turns: ` +
-      `I/O-bound, a handler awaiting ${delayMs} ms (${int(ioCalls)} calls or ${
-        ioLimitMs / 1000
-      } s, ` +
-      `whichever first), and fib(1) (${int(calls)} calls)`,
+      `I/O-bound, a handler awaiting ${delayMs} ms (${int(ioCalls)} calls or ` +
+      `${ioLimitMs / 1000} s, whichever first), and fib(1) (${int(calls)} calls)`,
     ["client → server", "I/O-bound, quorum", "classic", "fib(1), quorum", "classic"],
     PAIRS.map((name) => [
       name,
@@ -184,54 +187,59 @@ function report(
       cell(classic.throughput.rates, name),
     ]),
   );
-  const seq = (type: QueueType, name: string) => {
-    const all = both[type].sequential[name].flat();
-    return [show(spread(p50s[type][name]), fixed(3)), percentile(all, 99).toFixed(3)];
-  };
+}
+
+/** The sequential table: p50 per turn and p99 over all, both queue types. */
+function sequentialTable(lab: Lab, { both, p50s }: Results): void {
+  const { turns, sequentialCalls } = lab.settings.plan.rabbitmqClient;
+  const cells = (type: QueueType, name: string) => [
+    show(spread(p50s[type][name]), fixed(3)),
+    percentile(both[type].sequential[name].flat(), 99).toFixed(3),
+  ];
   table(
     `Against ${RABBITMQ_CLIENT}, one call at a time (fib(1)); ms; p50 as median (min–max) of ` +
       `${turns} interleaved turns of ${sequentialCalls} calls, p99 over all`,
     ["client → server", "quorum: p50", "p99", "classic: p50", "p99"],
-    PAIRS.map((name) => [name, ...seq("quorum", name), ...seq("classic", name)]),
+    PAIRS.map((name) => [name, ...cells("quorum", name), ...cells("classic", name)]),
   );
+}
+
+/** Every pair over rabbitmq-client's, per turn, in each row; and their table. */
+function ratiosTable({ both, p50s }: Results): Ratios {
   const ratios = mapValues(both, (rows, type) => ({
     io: overTheirs(rows.io.rates),
     throughput: overTheirs(rows.throughput.rates),
     sequential: overTheirs(p50s[type as QueueType]),
-  }));
-  const r = (type: QueueType, row: "io" | "throughput" | "sequential", name: string) =>
-    ratios[type][row][name] ? show(ratios[type][row][name], fixed(2)) : "";
+  })) as Ratios;
+  const columns = [["io", "I/O-bound"], ["throughput", "256 in flight"], [
+    "sequential",
+    "sequential p50",
+  ]] as const;
   table(
-    `Against ${RABBITMQ_CLIENT}: ratios, median (min–max) of the per-turn ratios (calls/s; ` +
-      `sequential: p50 ms, lower is faster)`,
-    [
-      "ratio",
-      "I/O-bound, quorum",
-      "classic",
-      "256 in flight, quorum",
-      "classic",
-      "sequential p50, quorum",
-      "classic",
-    ],
+    `Against ${RABBITMQ_CLIENT}: each pair over rabbitmq-client's, median (min–max) of the ` +
+      `per-turn ratios (calls/s; sequential: p50 ms, lower is faster)`,
+    ["ratio", ...columns.flatMap(([, label]) => [`${label}, quorum`, "classic"])],
     Object.keys(ratios.quorum.throughput).map((name) => [
       name,
-      r("quorum", "io", name),
-      r("classic", "io", name),
-      r("quorum", "throughput", name),
-      r("classic", "throughput", name),
-      r("quorum", "sequential", name),
-      r("classic", "sequential", name),
+      ...columns.flatMap(([row]) =>
+        QUEUE_TYPES.map((type) => {
+          const figure = ratios[type][row][name];
+          return figure ? show(figure, fixed(2)) : "";
+        })
+      ),
     ]),
   );
-  const cpuRows = (row: "io" | "throughput", label: string) =>
+  return ratios;
+}
+
+/** CPU per call of client, server and broker, in both pipelined rows. */
+function cpuTable({ both: { quorum, classic } }: Results): void {
+  const keys = ["client", "server", "broker"] as const;
+  const rows = (row: "io" | "throughput", label: string) =>
     Object.keys(quorum[row].cpu).map((name) => [
       `${name} (${label})`,
-      ...(["client", "server", "broker"] as const).map((key) =>
-        perCall(quorum[row].cpu[name], key)
-      ),
-      ...(["client", "server", "broker"] as const).map((key) =>
-        perCall(classic[row].cpu[name], key)
-      ),
+      ...keys.map((key) => perCall(quorum[row].cpu[name], key)),
+      ...keys.map((key) => perCall(classic[row].cpu[name], key)),
     ]);
   table(
     "CPU per call in µs, over all turns: client (this process), server (its process), broker",
@@ -241,12 +249,25 @@ function report(
       "server",
       "broker",
       "classic: client",
-      "server",
-      "broker",
+      ...keys.slice(1),
     ],
-    [...cpuRows("io", "I/O-bound"), ...cpuRows("throughput", "fib(1)")],
+    [...rows("io", "I/O-bound"), ...rows("throughput", "fib(1)")],
   );
-  return ratios;
+}
+
+/** What the pairs are, in words. */
+function describe(lab: Lab): void {
+  const { delayMs, concurrency } = lab.settings.plan.rabbitmqClient;
+  const oneAtATime = int(1000 / delayMs);
+  const atOnce = int((1000 / delayMs) * concurrency);
+  say(`\nOurs: bench/generic_server.ts, RpcServer given concurrency: ${concurrency} (issue 25's`);
+  say(`option; a server without it runs one handler at a time: at most ${oneAtATime} calls/s with`);
+  say(`a ${delayMs} ms handler, against ${atOnce} for ${concurrency} at once), logging as shipped`);
+  say(`to a file; RpcClient, its exclusive callback queue (or direct reply-to where named).`);
+  say(`Theirs: bench/rabbitmq_client.ts, createConsumer with concurrency ${concurrency} and qos`);
+  say(`prefetchCount ${PREFETCH}, answering with its reply(); createRPCClient with confirm: true`);
+  say(`(direct reply-to, its only way); noDelay: true as ours, except "as shipped" (its default,`);
+  say(`Nagle's algorithm on). Both servers declare the queue, read n, answer fib(n) as text.`);
 }
 
 /**
@@ -256,25 +277,17 @@ function report(
  * at most even in p50 in the third.
  */
 export async function againstRabbitmqClient(lab: Lab) {
-  const { delayMs, concurrency } = lab.settings.plan.rabbitmqClient;
   const both = await onBothQueueTypes((type) => rowsOn(lab, type));
   const p50s = mapValues(
     both,
     (rows) => mapValues(rows.sequential, (perTurn) => perTurn.map((turn) => percentile(turn, 50))),
-  );
-  const ratios = report(lab, both, p50s as Record<QueueType, Record<string, number[]>>);
-  const oneAtATime = 1000 / delayMs;
-  say(`\nOurs: bench/generic_server.ts, RpcServer given concurrency: ${concurrency} (issue 25's`);
-  say(`option; a server without it runs one handler at a time, at most ${int(oneAtATime)} calls/s`);
-  say(
-    `with a ${delayMs} ms handler, against ${
-      int(oneAtATime * concurrency)
-    } for ${concurrency} at once),`,
-  );
-  say(`logging as shipped to a file; RpcClient with its exclusive callback queue. Theirs:`);
-  say(`bench/rabbitmq_client.ts, createConsumer with concurrency ${concurrency} and qos`);
-  say(`prefetchCount ${PREFETCH}, answering with its reply(); createRPCClient with confirm: true`);
-  say(`(direct reply-to). Both servers declare the queue, read n and answer fib(n) as text.`);
+  ) as Results["p50s"];
+  const results = { both, p50s };
+  ratesTable(lab, results);
+  sequentialTable(lab, results);
+  const ratios = ratiosTable(results);
+  cpuTable(results);
+  describe(lab);
   const key = `${OURS} / rabbitmq-client`;
   for (const type of QUEUE_TYPES) {
     const { io, throughput, sequential } = ratios[type];
@@ -294,11 +307,12 @@ export async function againstRabbitmqClient(lab: Lab) {
   }
   return {
     version: RABBITMQ_CLIENT,
+    plan: lab.settings.plan.rabbitmqClient,
     ratios,
     ...mapValues(both, (rows, type) => ({
       io: { callsPerSecond: rows.io.rates, cpu: rows.io.cpu },
       throughput: { callsPerSecond: rows.throughput.rates, cpu: rows.throughput.cpu },
-      sequentialP50: p50s[type],
+      sequentialP50: p50s[type as QueueType],
     })),
   };
 }

@@ -18,6 +18,8 @@ import { PREFETCH, PYTHON, type QueueType, ROOT, type Settings } from "./setting
 /**
  * What a server process runs. `ours` (rpc/fib_server.ts) and `generic`
  * (bench/generic_server.ts) log as shipped, their stdout going to a file.
+ * `rabbitmq-client` (bench/rabbitmq_client.ts) turns Nagle's algorithm off
+ * as ours does; `rabbitmq-client-as-shipped` leaves it on, its default.
  */
 export type ServerKind =
   | "ours"
@@ -28,6 +30,7 @@ export type ServerKind =
   | "raw-coalesced"
   | "python"
   | "rabbitmq-client"
+  | "rabbitmq-client-as-shipped"
   | "slow-skip-late"
   | "slow-no-skip-late";
 
@@ -199,8 +202,10 @@ export class Lab {
         return [...denoRun(...ours, "--quiet"), "null"];
       case "generic":
         return logged(["bench/generic_server.ts", ...options, ...this.#handlerOptions(spec)]);
-      case "rabbitmq-client": {
+      case "rabbitmq-client":
+      case "rabbitmq-client-as-shipped": {
         const args = ["bench/rabbitmq_client.ts", ...options, ...this.#handlerOptions(spec)];
+        if (spec.kind === "rabbitmq-client-as-shipped") args.push("--nagle");
         return [...denoRun(...args), "null"];
       }
       case "raw":

@@ -16,19 +16,21 @@
  *
  * ```sh
  * deno run -A bench/rabbitmq_client.ts --queue Q [--prefetch 50] [--concurrency 50]
- *   [--delay-ms 0] [--queue-type quorum|classic] [--url U]
+ *   [--delay-ms 0] [--queue-type quorum|classic] [--nagle] [--url U]
  * ```
  *
  * It declares the queue as ours does (quorum: durable, `x-queue-type`
  * quorum; classic: not durable), logs nothing but errors (to stderr), and
- * stops on SIGTERM or SIGINT.
+ * stops on SIGTERM or SIGINT. Its connection turns Nagle's algorithm off
+ * (`noDelay: true`), as our library's do; `--nagle` leaves it on, as
+ * rabbitmq-client does by default.
  *
  * Permissions: `--allow-net` and `--allow-env`; `-A` grants both.
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { Connection } from "npm:rabbitmq-client@5.0.8";
+import { Connection, type ConnectionOptions } from "npm:rabbitmq-client@5.0.8";
 import { DEFAULT_PREFETCH, fib } from "../rpc/mod.ts";
 import { readN } from "./generic_server.ts";
 import type { Call } from "./settings.ts";
@@ -49,17 +51,49 @@ function bytesOf(body: unknown): Uint8Array {
   return encoder.encode(JSON.stringify(body));
 }
 
+/**
+ * Connection options for `url`. Without a user in the URL rabbitmq-client
+ * logs in as nobody, where amqplib (and so our library) logs in as guest: the
+ * same default is given here, so that one `--url` reaches the broker the same
+ * way for both. `noDelay` turns Nagle's algorithm off, as our library does
+ * (rabbitmq-client leaves it on by default).
+ */
+function connectionOptions(url: string, name: string, noDelay: boolean): ConnectionOptions {
+  const withUser = new URL(url);
+  if (withUser.username === "") {
+    withUser.username = "guest";
+    withUser.password = "guest";
+  }
+  return { url: withUser.href, connectionName: name, noDelay };
+}
+
+/** Waits until `rabbit` is connected; a failure is one line and exit 1. */
+async function connected(rabbit: Connection): Promise<void> {
+  try {
+    await rabbit.onConnect(10_000);
+  } catch (error) {
+    console.error(`rabbitmq_client.ts: could not connect: ${(error as Error).message}`);
+    Deno.exit(1);
+  }
+}
+
 /** A connected client that can call any queue with `n` as text, and close. */
 export interface Caller {
   to(queue: string): Call;
   close(): Promise<void>;
 }
 
-/** Its client: one `createRPCClient` with confirms on its own connection. */
-export async function rabbitmqClient(url: string): Promise<Caller> {
-  const rabbit = new Connection({ url, connectionName: "rpc_bench client" });
+/**
+ * Its client: one `createRPCClient` with confirms on its own connection,
+ * Nagle's algorithm off (`noDelay`, as ours) or on (as shipped).
+ */
+export async function rabbitmqClient(url: string, noDelay: boolean): Promise<Caller> {
+  const rabbit = new Connection(connectionOptions(url, "rpc_bench client", noDelay));
   rabbit.on("error", (error) => console.error(`rabbitmq-client: ${error.message}`));
-  await rabbit.onConnect(10_000);
+  await rabbit.onConnect(10_000).catch((error) => {
+    rabbit.close();
+    throw new Error(`rabbitmq-client could not connect: ${error.message}`, { cause: error });
+  });
   const rpc = rabbit.createRPCClient({ confirm: true, timeout: 30_000 });
   return {
     to: (queue) => async (n) => {
@@ -73,18 +107,27 @@ export async function rabbitmqClient(url: string): Promise<Caller> {
   };
 }
 
+/** The server's command line, as `parseArgs` reads it. */
+interface ServerArgs {
+  url?: string;
+  queue?: string;
+  prefetch?: string;
+  concurrency?: string;
+  "delay-ms"?: string;
+  "queue-type"?: string;
+  nagle?: boolean;
+}
+
 /** Its server: a consumer with `concurrency`, replying through the `reply` it is given. */
-async function serve(values: Record<string, string | undefined>): Promise<void> {
+async function serve(values: ServerArgs): Promise<void> {
   const delayMs = Number(values["delay-ms"] ?? 0);
   const type = values["queue-type"] ?? "quorum";
   if (!values.queue || (type !== "quorum" && type !== "classic")) {
     console.error("rabbitmq_client.ts: --queue is required; --queue-type is quorum or classic");
     Deno.exit(2);
   }
-  const rabbit = new Connection({
-    url: values.url ?? Deno.env.get("AMQP_URL") ?? "amqp://127.0.0.1",
-    connectionName: "rpc_bench server",
-  });
+  const url = values.url ?? Deno.env.get("AMQP_URL") ?? "amqp://127.0.0.1";
+  const rabbit = new Connection(connectionOptions(url, "rpc_bench server", !values.nagle));
   rabbit.on("error", (error) => console.error(`rabbitmq-client: ${error.message}`));
   const consumer = rabbit.createConsumer({
     queue: values.queue,
@@ -106,7 +149,7 @@ async function serve(values: Record<string, string | undefined>): Promise<void> 
   };
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);
-  await rabbit.onConnect(10_000);
+  await connected(rabbit);
 }
 
 if (import.meta.main) {
@@ -119,6 +162,7 @@ if (import.meta.main) {
       concurrency: { type: "string" },
       "delay-ms": { type: "string" },
       "queue-type": { type: "string" },
+      nagle: { type: "boolean", default: false },
     },
   });
   await serve(values);
