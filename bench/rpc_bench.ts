@@ -39,8 +39,8 @@
  * spread (min–max) of the turns; a ratio is the median of per-turn ratios.
  *
  * ```sh
- * deno task bench                         # everything, about 5 minutes on a quiet machine
- * deno task bench --quick                 # fewer and shorter turns, under two minutes
+ * deno task bench                         # everything, about 15 minutes on a quiet machine
+ * deno task bench --quick                 # fewer and shorter turns, about 3 minutes
  * deno task bench --only throughput,cold  # some measurements
  * deno task bench --only rabbitmq-client # ours against npm rabbitmq-client
  * deno task bench --json                  # the figures as JSON instead of tables
@@ -64,6 +64,7 @@
 import { parseArgs } from "node:util";
 import { againstRabbitmqClient } from "./against_rabbitmq_client.ts";
 import { coldStart } from "./cold.ts";
+import { RABBITMQ_CLIENT } from "./rabbitmq_client.ts";
 import { Lab } from "./lab.ts";
 import { memory } from "./memory.ts";
 import { prefetch } from "./prefetch.ts";
@@ -82,7 +83,7 @@ Benchmarks the RPC pair against raw amqplib, a Python pika pair and npm rabbitmq
 prints Markdown tables.
 
 Options:
-  --quick          fewer and shorter turns (under two minutes instead of about 5)
+  --quick          fewer and shorter turns (about 3 minutes instead of 15)
   --only LIST      comma-separated measurements: ${MEASUREMENTS.join(",")}
   --json           print the figures as JSON instead of tables
   --no-python      skip the Python pika rows
@@ -154,7 +155,8 @@ async function describeMachine(lab: Lab): Promise<string> {
     `${
       (Deno.systemMemoryInfo().total / 2 ** 30).toFixed(0)
     } GiB, ${os}; RabbitMQ ${lab.brokerVersion} ` +
-    `on this machine; Deno ${Deno.version.deno}; amqplib 2.3.1; Python ${pika}`;
+    `on this machine; Deno ${Deno.version.deno}; amqplib 2.3.1; ${RABBITMQ_CLIENT}; ` +
+    `Python ${pika}`;
 }
 
 /** Runs the measurements `settings` asks for, one after another, and prints what they found. */
