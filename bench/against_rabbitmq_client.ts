@@ -16,7 +16,9 @@
  * Besides the two pairs, each client calls the other's server (our client →
  * its server, its client → ours), which shows which side a difference comes
  * from and that the two talk to each other, and ours runs once more with
- * direct reply-to, its client's reply mechanism.
+ * direct reply-to, its client's reply mechanism, and theirs once more as
+ * shipped, with Nagle's algorithm on (both its connections; ours and the
+ * yardstick turn it off).
  *
  * @module
  */
@@ -48,7 +50,7 @@ const PAIRS = [OURS, THEIRS, OUR_CLIENT, THEIR_CLIENT, OURS_DIRECT, THEIRS_SHIPP
 /** The I/O-bound row's pairs: the server makes the difference there. */
 const IO_PAIRS = [OURS, THEIRS, OUR_CLIENT];
 
-/** The three clients, each on a connection of its own. */
+/** The four clients (ours twice, theirs twice), each on a connection of its own. */
 type Clients = Record<"ours" | "direct" | "theirs" | "theirsShipped", Caller>;
 
 /** Our `RpcClient` as a caller, with the reply queue `replyQueue`. */
