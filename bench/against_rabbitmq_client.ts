@@ -87,6 +87,14 @@ function pairs(
   return Object.fromEntries(names.map((name) => [name, all[name]]));
 }
 
+/** Checks that every pair answers fib(30) right: the two libraries do understand each other. */
+async function checkAnswers(row: Record<string, Pair>): Promise<void> {
+  for (const [name, { call }] of Object.entries(row)) {
+    const answer = await call(30);
+    if (answer !== "832040") throw new Error(`${name}: fib(30) came back as ${answer}`);
+  }
+}
+
 /** A warm-up, then interleaved pipelined turns: calls/s per turn, and CPU totals. */
 async function pipelinedRow(
   lab: Lab,
@@ -142,6 +150,8 @@ async function rowsOn(lab: Lab, type: QueueType) {
     const { ours, theirs, theirsShipped, oursIo, theirsIo } = servers;
     const trivial = pairs(clients as Clients, { ours, theirs, theirsShipped }, PAIRS);
     const io = pairs(clients as Clients, { ours: oursIo, theirs: theirsIo }, IO_PAIRS);
+    await checkAnswers(trivial);
+    await checkAnswers(io);
     return {
       io: await pipelinedRow(lab, io, { calls: ioCalls, limitMs: ioLimitMs }),
       throughput: await pipelinedRow(lab, trivial, { calls }),
