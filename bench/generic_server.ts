@@ -9,8 +9,14 @@
  *
  * ```sh
  * deno run -A bench/generic_server.ts --queue Q [--prefetch 50] [--queue-type quorum|classic]
- *   [--quiet] [--url U]
+ *   [--concurrency N] [--delay-ms MS] [--quiet] [--url U]
  * ```
+ *
+ * `--delay-ms` makes the handler await that long before it answers, as one
+ * that queries a database does (the I/O-bound row against rabbitmq-client);
+ * `--concurrency` is passed on as `RpcServer`'s option of that name (up to N
+ * handlers at once), which issue 25 adds: until it is merged, the server
+ * ignores it and runs one handler at a time.
  *
  * It logs as `RpcServer` does by default (` [x] Awaiting RPC requests` once
  * consuming, then ` [.] request of N bytes`, at most 20 lines a second;
@@ -21,7 +27,14 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { BadRequestError, DEFAULT_PREFETCH, fib, MAX_N, RpcServer } from "../rpc/mod.ts";
+import {
+  BadRequestError,
+  DEFAULT_PREFETCH,
+  fib,
+  MAX_N,
+  RpcServer,
+  type ServerOptions,
+} from "../rpc/mod.ts";
 
 /** `n` from a request's bytes: ASCII digits, at most {@linkcode MAX_N}; else a bad request. */
 export function readN(request: Uint8Array): number {
@@ -45,6 +58,8 @@ if (import.meta.main) {
       prefetch: { type: "string", default: String(DEFAULT_PREFETCH) },
       "queue-type": { type: "string", default: "quorum" },
       quiet: { type: "boolean", default: false },
+      concurrency: { type: "string" },
+      "delay-ms": { type: "string", default: "0" },
     },
   });
   const queueType = values["queue-type"];
@@ -52,14 +67,27 @@ if (import.meta.main) {
     console.error("generic_server.ts: --queue is required; --queue-type is quorum or classic");
     Deno.exit(2);
   }
-  const server = await RpcServer.start({
+  const delayMs = Number(values["delay-ms"]);
+  const options: ServerOptions = {
     url: values.url,
     queue: values.queue,
     prefetch: Number(values.prefetch),
     queueType,
     log: values.quiet ? null : console.log,
-    handler: (request) => String(fib(readN(request))),
-  });
+    handler: delayMs > 0
+      ? async (request) => {
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+        return String(fib(readN(request)));
+      }
+      : (request) => String(fib(readN(request))),
+  };
+  // `concurrency` comes with issue 25's handler model; the cast lets this
+  // type-check before that merge (remove it after: the option will exist).
+  const server = await RpcServer.start(
+    values.concurrency === undefined
+      ? options
+      : { ...options, concurrency: Number(values.concurrency) } as ServerOptions,
+  );
   const stop = () => server.close().finally(() => Deno.exit(0));
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);

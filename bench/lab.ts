@@ -3,7 +3,7 @@
  *
  * `Lab` holds the benchmark's own broker connection, which declares, watches
  * and deletes its queues; starts the server processes each measurement asks
- * for (ours, generic, raw, Python, slow), one queue of their own per kind;
+ * for (ours, generic, raw, Python, rabbitmq-client, slow), one queue of their own per kind;
  * reads the CPU of this process, the servers and the broker; and cleans up
  * everything it made, also on Ctrl-C.
  *
@@ -18,6 +18,8 @@ import { PREFETCH, PYTHON, type QueueType, ROOT, type Settings } from "./setting
 /**
  * What a server process runs. `ours` (rpc/fib_server.ts) and `generic`
  * (bench/generic_server.ts) log as shipped, their stdout going to a file.
+ * `rabbitmq-client` (bench/rabbitmq_client.ts) turns Nagle's algorithm off
+ * as ours does; `rabbitmq-client-as-shipped` leaves it on, its default.
  */
 export type ServerKind =
   | "ours"
@@ -27,6 +29,8 @@ export type ServerKind =
   | "raw-reply-connection"
   | "raw-coalesced"
   | "python"
+  | "rabbitmq-client"
+  | "rabbitmq-client-as-shipped"
   | "slow-skip-late"
   | "slow-no-skip-late";
 
@@ -36,6 +40,10 @@ export interface ServerSpec {
   type: QueueType;
   prefetch?: number;
   count?: number;
+  /** `generic` and `rabbitmq-client`: handlers at once (ours ignores it before issue 25's merge). */
+  concurrency?: number;
+  /** `generic` and `rabbitmq-client`: ms the handler awaits before it answers (I/O-bound). */
+  delayMs?: number;
   /**
    * The tracing measurement's own servers: "on" with `OTEL_DENO=true` and
    * the OTLP variables of `Lab.otel`, "off" without (like every other).
@@ -193,7 +201,13 @@ export class Lab {
       case "ours-quiet":
         return [...denoRun(...ours, "--quiet"), "null"];
       case "generic":
-        return logged(["bench/generic_server.ts", ...options]);
+        return logged(["bench/generic_server.ts", ...options, ...this.#handlerOptions(spec)]);
+      case "rabbitmq-client":
+      case "rabbitmq-client-as-shipped": {
+        const args = ["bench/rabbitmq_client.ts", ...options, ...this.#handlerOptions(spec)];
+        if (spec.kind === "rabbitmq-client-as-shipped") args.push("--nagle");
+        return [...denoRun(...args), "null"];
+      }
       case "raw":
       case "raw-reply-connection":
       case "raw-coalesced": {
@@ -218,6 +232,14 @@ export class Lab {
         return [...childCommand(config), "piped"];
       }
     }
+  }
+
+  /** `--concurrency N` and `--delay-ms MS`, where `spec` sets them. */
+  #handlerOptions(spec: ServerSpec): string[] {
+    const args = [];
+    if (spec.concurrency !== undefined) args.push("--concurrency", String(spec.concurrency));
+    if (spec.delayMs !== undefined) args.push("--delay-ms", String(spec.delayMs));
+    return args;
   }
 
   /** Starts a process in the repository, tracked so close() can stop it. */

@@ -25,7 +25,10 @@
  * 8. `tracing`: what OpenTelemetry costs: our pair with `OTEL_DENO=true` in
  *    both processes against our pair without it, each client in a fresh
  *    process, spans going to a small OTLP/HTTP receiver in this process;
- *    and the cost of `startCallSpan` with tracing off, per call.
+ *    and the cost of `startCallSpan` with tracing off, per call;
+ * 9. `rabbitmq-client`: ours against npm rabbitmq-client, server and client,
+ *    through its own RPC API: an I/O-bound handler (awaits 10 ms, 50 at
+ *    once), 256 in flight with fib(1), and one call at a time.
  *
  * Tracing is off everywhere else: the processes it starts get no `OTEL_*`
  * variable (except the tracing measurement's "on" pair), and the header says
@@ -36,9 +39,10 @@
  * spread (min–max) of the turns; a ratio is the median of per-turn ratios.
  *
  * ```sh
- * deno task bench                         # everything, about 5 minutes on a quiet machine
- * deno task bench --quick                 # fewer and shorter turns, under two minutes
+ * deno task bench                         # everything, about 15 minutes on a quiet machine
+ * deno task bench --quick                 # fewer and shorter turns, about 3 minutes
  * deno task bench --only throughput,cold  # some measurements
+ * deno task bench --only rabbitmq-client # ours against npm rabbitmq-client
  * deno task bench --json                  # the figures as JSON instead of tables
  * deno run -A bench/rpc_bench.ts --help
  * ```
@@ -52,13 +56,15 @@
  *
  * This file is the command line and `main`; each measurement lives in a
  * file of its own (`throughput.ts`, `sequential.ts`, `memory.ts`, `cold.ts`,
- * `recovery.ts`, `prefetch.ts`, `tracing.ts`), the rest in files by concern
+ * `recovery.ts`, `prefetch.ts`, `tracing.ts`, `against_rabbitmq_client.ts`), the rest in files by concern
  * (see bench/README.md).
  *
  * @module
  */
 import { parseArgs } from "node:util";
+import { againstRabbitmqClient } from "./against_rabbitmq_client.ts";
 import { coldStart } from "./cold.ts";
+import { RABBITMQ_CLIENT } from "./rabbitmq_client.ts";
 import { Lab } from "./lab.ts";
 import { memory } from "./memory.ts";
 import { prefetch } from "./prefetch.ts";
@@ -73,10 +79,11 @@ import { targetsTable, verdicts } from "./verdicts.ts";
 
 const USAGE = `Usage: deno run -A bench/rpc_bench.ts [options]   (or: deno task bench [options])
 
-Benchmarks the RPC pair against raw amqplib and a Python pika pair; prints Markdown tables.
+Benchmarks the RPC pair against raw amqplib, a Python pika pair and npm rabbitmq-client;
+prints Markdown tables.
 
 Options:
-  --quick          fewer and shorter turns (under two minutes instead of about 5)
+  --quick          fewer and shorter turns (about 3 minutes instead of 15)
   --only LIST      comma-separated measurements: ${MEASUREMENTS.join(",")}
   --json           print the figures as JSON instead of tables
   --no-python      skip the Python pika rows
@@ -148,7 +155,8 @@ async function describeMachine(lab: Lab): Promise<string> {
     `${
       (Deno.systemMemoryInfo().total / 2 ** 30).toFixed(0)
     } GiB, ${os}; RabbitMQ ${lab.brokerVersion} ` +
-    `on this machine; Deno ${Deno.version.deno}; amqplib 2.3.1; Python ${pika}`;
+    `on this machine; Deno ${Deno.version.deno}; amqplib 2.3.1; ${RABBITMQ_CLIENT}; ` +
+    `Python ${pika}`;
 }
 
 /** Runs the measurements `settings` asks for, one after another, and prints what they found. */
@@ -163,6 +171,7 @@ async function main(settings: Settings): Promise<void> {
     recovery,
     prefetch,
     tracing,
+    "rabbitmq-client": againstRabbitmqClient,
   };
   const lab = await Lab.open(settings);
   const interrupt = () => {

@@ -25,6 +25,7 @@ export const MEASUREMENTS = [
   "recovery",
   "prefetch",
   "tracing",
+  "rabbitmq-client",
 ] as const;
 /** The name of one measurement, as `--only` takes it. */
 export type Measurement = typeof MEASUREMENTS[number];
@@ -53,6 +54,16 @@ export function plan(quick: boolean) {
     cold: { turns: pick(10, 4) },
     recovery: { turns: pick(5, 2), burst: 600, deadlineMs: 300, workMs: 20 },
     prefetch: { turns: pick(3, 1), fast: pick(2_000, 1_000), uneven: pick(500, 300) },
+    rabbitmqClient: {
+      turns: pick(9, 3),
+      calls: pick(1_500, 600),
+      sequentialCalls: pick(200, 100),
+      ioCalls: pick(2_000, 500),
+      /** An I/O-bound turn starts no call after this; ours ran 88 calls/s before issue 25. */
+      ioLimitMs: pick(3_000, 1_500),
+      delayMs: 10,
+      concurrency: 50,
+    },
     tracing: {
       turns: pick(13, 5),
       calls: pick(3_000, 1_000),

@@ -30,17 +30,26 @@ import { tracingHere } from "./tracing.ts";
 import { verdict } from "./verdicts.ts";
 
 /** CPU ms over a contender's turns, and the calls they made. */
-type CpuTotal = Cpu & { calls: number };
+export type CpuTotal = Cpu & { calls: number };
 
 /** The CPU `total` spent per call on `key`'s side, in µs, as text. */
-const perCall = (total: CpuTotal, key: keyof Cpu) => int((1000 * total[key]) / total.calls);
+export const perCall = (total: CpuTotal, key: keyof Cpu) => int((1000 * total[key]) / total.calls);
 
-/** One pipelined turn, adding the CPU that client, server and broker spent to `total`. */
-async function cpuTurn(lab: Lab, pair: Pair, total: CpuTotal, calls: number): Promise<number> {
+/**
+ * One pipelined turn, adding the CPU that client, server and broker spent to
+ * `total`; it stops starting calls after `calls` or `limitMs`, whichever first.
+ */
+export async function cpuTurn(
+  lab: Lab,
+  pair: Pair,
+  total: CpuTotal,
+  calls: number,
+  limitMs?: number,
+): Promise<number> {
   const { concurrency } = lab.settings.plan.throughput;
   const pids = pair.server.children.map((child) => child.pid);
   const before = await lab.cpu(pids);
-  const turn = await pipelined(pair.call, concurrency, calls);
+  const turn = await pipelined(pair.call, concurrency, calls, limitMs);
   const after = await lab.cpu(pids);
   for (const key of ["client", "server", "broker"] as const) total[key] += after[key] - before[key];
   total.calls += turn.calls;
