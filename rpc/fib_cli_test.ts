@@ -160,8 +160,13 @@ Deno.test("--help prints the usage and exits 0", async () => {
     const { code, stdout, stderr } = outputs[i];
     assert.equal(code, 0);
     assert.equal(stderr, "");
-    assert.ok(stdout.startsWith(`Usage: deno run -A ${script} [options]`), stdout);
+    assert.ok(
+      stdout.startsWith(`Usage: deno run --allow-net --allow-env ${script} [options]`),
+      stdout,
+    );
     assert.match(stdout, /--url URL/);
+    assert.match(stdout, /--cacert FILE/);
+    assert.match(stdout, /--allow-net=broker:5671/);
   }
 });
 
@@ -180,7 +185,7 @@ Deno.test("the command-line client says so when no server consumes the queue, or
     client.stderr,
     new RegExp(
       `^ \\[!\\] No server is consuming "${broker.queue}"; waiting up to 1500 ms for one ` +
-        `\\(start it: deno run -A rpc/fib_server\\.ts\\)\n` +
+        `\\(start it: deno run --allow-net --allow-env rpc/fib_server\\.ts\\)\n` +
         `fib_client: fib\\(7\\): no reply within 1500 ms: no server consumes "${broker.queue}" ` +
         `\\((0 requests|1 request) waiting in it; start one\\)\n$`,
     ),

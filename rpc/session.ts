@@ -67,8 +67,6 @@ export class Session {
   /** Fresh publishing channels in a row with no request taken in between. */
   #freshInARow = 0;
   #publisherSince = Date.now();
-  /** The least time the current publisher is kept before a fresh one replaces it, in ms. */
-  #keepFor = NEW_CHANNEL_BACKOFF.first;
   #replacing = false;
 
   private constructor(
@@ -151,7 +149,8 @@ export class Session {
   #refused(): void {
     this.#refusalsInARow++;
     if (this.#refusalsInARow < REFUSALS_BEFORE_NEW_CHANNEL || this.#replacing) return;
-    if (Date.now() - this.#publisherSince < this.#keepFor) return;
+    const keepFor = backoffDelay(this.#freshInARow + 1, NEW_CHANNEL_BACKOFF);
+    if (Date.now() - this.#publisherSince < keepFor) return;
     this.#replacing = true;
     this.#newPublisher().catch(ignoreError).finally(() => this.#replacing = false);
   }
@@ -163,7 +162,7 @@ export class Session {
     await this.#listen(channel, this.#replyQueue === "direct");
     const [old, lastDeadline] = [this.#publisher, this.#lastDeadline];
     [this.#publisher, this.#publisherSince, this.#refusalsInARow] = [channel, Date.now(), 0];
-    this.#keepFor = backoffDelay(++this.#freshInARow, NEW_CHANNEL_BACKOFF);
+    this.#freshInARow++;
     this.#lastDeadline = 0;
     if (old === this.#first) return; // it consumes the replies
     if (this.#replyQueue === "exclusive") return this.#retire(old);
