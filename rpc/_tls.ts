@@ -129,7 +129,7 @@ export function describeTlsFailure(error: unknown, where: string): string | unde
       `pass the CA that signed it (--cacert FILE, or tls.ca)`;
   }
   if (code === "ERR_TLS_CERT_ALTNAME_INVALID") {
-    const names = /altnames: (.*)$/.exec(message)?.[1];
+    const names = message.includes("altnames: ") ? message.split("altnames: ").at(-1) : undefined;
     return `${failed}: the broker's certificate is for another name` +
       `${names ? ` (it names ${names})` : ""}; ` +
       `connect to a name it holds (or set tls.servername)`;

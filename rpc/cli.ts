@@ -199,9 +199,8 @@ export function tlsFromCommandLine(
   const plain = urls.find((url) => !url.startsWith("amqps:"));
   if (plain) {
     const what = [cacert, cert, key].filter((option) => option).map((option) => option!.what);
-    throw new UsageError(
-      `${what.join(", ")} need amqps:// URLs, got "${hidePassword(plain)}"`,
-    );
+    const verb = what.length === 1 ? "needs" : "need";
+    throw new UsageError(`${what.join(", ")} ${verb} amqps:// URLs, got "${hidePassword(plain)}"`);
   }
   return { ca: readPem(cacert), cert: readPem(cert), key: readPem(key) };
 }

@@ -97,6 +97,11 @@ export function describeFailure(error: unknown, url: URL): string {
     return `cannot connect to ${where}: no AMQP answer within ${CONNECT_TIMEOUT_MS / 1000} s ` +
       `(is that a RabbitMQ port? a firewall or a load balancer with no backend?)`;
   }
+  if (/SASL mechanism EXTERNAL is not provided/.test(message)) {
+    return `cannot log in to ${where} with the client certificate: the broker does not offer ` +
+      `SASL EXTERNAL (it needs the rabbitmq_auth_mechanism_ssl plugin, and its own TLS ` +
+      `listener with the client's CA)`;
+  }
   if (/ACCESS[-_]REFUSED/.test(message)) {
     return `cannot log in to ${where}: access refused (wrong user name or password?)`;
   }
