@@ -93,4 +93,9 @@ Deno.test("text that is not a clean URL is hidden but for what comes before its 
   assert.equal(hidePassword("--url:amqp://u:secret@h"), "--url:…");
   assert.equal(hidePassword("secret@host"), "…");
   assert.equal(hidePassword("30x"), "30x");
+  assert.equal(
+    hidePassword("amqp://localhost:99999"),
+    "amqp://localhost:99999",
+    "no @, no password",
+  );
 });

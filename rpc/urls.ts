@@ -29,7 +29,8 @@ export function parseBrokerUrls(value: string | readonly string[], what: string)
   const entries = (typeof value === "string" ? [value] : value)
     .flatMap((entry) => entry.split(URL_LIST_SEPARATOR))
     .map((entry) => entry.trim());
-  if (entries.length === 0 || entries.some((entry) => entry === "")) {
+  const empty = (entry: string) => entry === "" || entry.startsWith(",") || entry.endsWith(",");
+  if (entries.length === 0 || entries.some(empty)) {
     throw new TypeError(`${what} must list one or more amqp:// URLs, separated by commas`);
   }
   return entries.map((entry, index) => {
@@ -90,10 +91,10 @@ export function redact(url: URL): string {
 }
 
 /**
- * Text the user typed, fit to print. A clean URL (see `isClean`) is shown
- * with its password replaced by `***`; text in which no password can hide
- * (no `:` nor `@`) is shown as it is; anything else is hidden but for what
- * comes before its first `:` (an option's name, a URL's scheme).
+ * Text the user typed, fit to print. Text in which no password can hide
+ * (no `@`) is shown as it is; a clean URL (see `isClean`) with its
+ * password replaced by `***`; anything else is hidden but for what comes
+ * before its first `:` (an option's name, a URL's scheme).
  *
  * @example
  * ```ts
@@ -103,10 +104,10 @@ export function redact(url: URL): string {
  * ```
  */
 export function hidePassword(text: string): string {
-  if (!/[:@]/.test(text)) return text;
+  if (!text.includes("@")) return text; // a URL's password always comes before an @
   if (URL.canParse(text)) {
     const url = new URL(text);
-    if (isClean(url)) return redact(url);
+    if (isClean(url)) return url.password ? redact(url) : text;
   }
   const colon = text.indexOf(":");
   if (colon < 0) return "…";
