@@ -25,7 +25,7 @@ export const CRASH_LOOP_REPORT_MS = 30_000;
 /** The policy line rpc/README.md explains, for the log. */
 const REMEDY = `rabbitmqctl set_policy rpc-delivery-limit '^QUEUE$' ` +
   `'{"delivery-limit":5,"dead-letter-exchange":"","dead-letter-routing-key":"QUEUE.dead"}' ` +
-  `--apply-to quorum_queues`;
+  `--apply-to queues`;
 
 /**
  * Watches one connection's lives and deaths; says when it is in a crash

@@ -113,7 +113,11 @@ const UNTRUSTED_CERTIFICATE = new Set([
  *
  * @example
  * ```ts
- * describeTlsFailure(error, "amqps://broker:5671"); // "TLS with amqps://broker:5671 failed: ..."
+ * const error = Object.assign(new Error("received fatal alert: CertificateRequired"), {
+ *   code: "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED",
+ * });
+ * describeTlsFailure(error, "amqps://broker:5671");
+ * // "TLS with amqps://broker:5671 failed: the broker requires a client certificate (pass ...)"
  * ```
  */
 export function describeTlsFailure(error: unknown, where: string): string | undefined {

@@ -122,7 +122,8 @@ export function fail(program: string, error: unknown): never {
  *
  * @example
  * ```ts
- * const options = readOrExit("fib_server", Deno.args, readCommandLine, USAGE);
+ * const read = (args: string[]) => args.includes("--help") ? "help" : { verbose: args.length > 0 };
+ * const options = readOrExit("my_tool", Deno.args, read, "Usage: my_tool [--verbose]");
  * ```
  */
 export function readOrExit<T>(

@@ -20,14 +20,14 @@ export const CONNECT_TIMEOUT_MS = 10_000;
  * Heartbeat timeout, in seconds, asked of the broker: chosen between two
  * faults. A peer that vanishes without a word (a dead host, a dropped NAT
  * entry) is noticed only by silence: amqplib gives up after two silent
- * intervals (20 to 30 s at 10 s), RabbitMQ's default of 60 s would mean 2
+ * intervals (20 to 30 s at 10 s); RabbitMQ's default of 60 s would mean 2
  * to 3 minutes of calls into the void. But a process whose event loop is
- * blocked sends no heartbeat either, and the broker drops a connection
- * silent for about two intervals (measured: ~10 s at 5 s): a handler that
- * computes for 10 s without yielding is safe at 10 s, not at 5 s. RabbitMQ
- * advises 6 to 15 s against false positives (loaded hosts, GC pauses);
- * 10 s sits in the middle. Longer CPU-bound work belongs off the event
- * loop. A `heartbeat` parameter in the URL (`?heartbeat=30`) overrides it.
+ * blocked sends no heartbeat either, and the broker drops its connection:
+ * at 5 s, after ~10 s of blocking; at 10 s (RabbitMQ 3.10, measured), a
+ * handler computing 25 s without yielding kept its connection and one
+ * computing 40 s lost it. RabbitMQ advises 6 to 15 s against such false
+ * positives; 10 s sits in the middle. Longer CPU-bound work belongs off the
+ * event loop. A `heartbeat` parameter in the URL (`?heartbeat=30`) overrides it.
  */
 export const HEARTBEAT_SECONDS = 10;
 
@@ -41,7 +41,11 @@ const RECONNECT_BACKOFF: Backoff = { first: 100, max: 5_000 };
  *
  * @example
  * ```ts
+ * import amqp from "npm:amqplib@2.3.1";
+ * const model = await amqp.connect("amqp://localhost");
+ * const channel = await model.createChannel();
  * channel.on("error", ignoreError);
+ * await channel.close().catch(ignoreError);
  * ```
  */
 export function ignoreError(_error: unknown): void {}
@@ -52,7 +56,9 @@ export function ignoreError(_error: unknown): void {}
  *
  * @example
  * ```ts
- * await within(channel.checkQueue("q"), 1_000, "the broker did not answer in time");
+ * import amqp from "npm:amqplib@2.3.1";
+ * const model = await amqp.connect("amqp://localhost");
+ * await within(model.createChannel(), 1_000, "the broker did not answer in time");
  * ```
  */
 export function within<T>(work: Promise<T>, ms: number, message: string): Promise<T> {
@@ -68,7 +74,10 @@ export function within<T>(work: Promise<T>, ms: number, message: string): Promis
  *
  * @example
  * ```ts
- * describeFailure(error, new URL("amqp://guest:guest@127.0.0.1:1"));
+ * import amqp from "npm:amqplib@2.3.1";
+ * const url = new URL("amqp://guest:guest@127.0.0.1:1");
+ * const error = await amqp.connect(url.href).catch((error: unknown) => error);
+ * describeFailure(error, url);
  * // "cannot connect to amqp://guest:***@127.0.0.1:1: connection refused (is RabbitMQ running?)"
  * ```
  */

@@ -45,6 +45,10 @@ export interface SessionEvents {
  *
  * @example
  * ```ts
+ * import amqp from "npm:amqplib@2.3.1";
+ * import { Buffer } from "node:buffer";
+ * const model = await amqp.connect("amqp://localhost");
+ * const events = { onReply: console.log, onReturn: console.log, onClosed: console.log };
  * const session = await Session.open(model, "exclusive", events);
  * const deadline = Date.now() + 5_000;
  * session.publish("rpc_queue", Buffer.from("30"), { replyTo: session.callbackQueue }, deadline, console.log);
