@@ -244,3 +244,54 @@ Deno.test({
     );
   },
 });
+
+/**
+ * A broker that offers SASL EXTERNAL on its own TLS listener, named by
+ * `RPC_TEST_EXTERNAL_URL` (with `RPC_TEST_EXTERNAL_CACERT`, `..._CERT`,
+ * `..._KEY` naming the PEM files, the certificate's CN a user of that broker): the
+ * shared test broker has no TLS listener, so this runs only where one is set up.
+ */
+const externalUrl = Deno.env.get("RPC_TEST_EXTERNAL_URL");
+if (!externalUrl) {
+  console.log(
+    "rpc/tls_test.ts: SASL EXTERNAL against a broker skipped: set RPC_TEST_EXTERNAL_URL " +
+      "(amqps://host:port of a listener with rabbitmq_auth_mechanism_ssl) and " +
+      "RPC_TEST_EXTERNAL_CACERT, _CERT and _KEY",
+  );
+}
+
+Deno.test({
+  name:
+    "with auth_mechanism=external the client certificate is the login: the URL's password is not even looked at",
+  ignore: !externalUrl,
+  async fn() {
+    const read = (part: string) =>
+      Deno.readTextFileSync(Deno.env.get(`RPC_TEST_EXTERNAL_${part}`)!);
+    const tls = { ca: read("CACERT"), cert: read("CERT"), key: read("KEY") };
+    const url = new URL(externalUrl!);
+    [url.username, url.password] = ["nobody", "wrong-password"];
+    await assert.rejects(RpcClient.connect({ url: url.href, tls }), /access refused/);
+    url.searchParams.set("auth_mechanism", "external");
+    const queue = `rpc_test.${crypto.randomUUID()}`;
+    await using server = await RpcServer.start({
+      url: url.href,
+      tls,
+      queue,
+      queueType: "classic",
+      handler: upper,
+      ...quiet,
+    });
+    await using client = await RpcClient.connect({ url: url.href, tls });
+    const reply = await client.call(queue, "external", { timeout: 10_000 });
+    assert.equal(new TextDecoder().decode(reply), "EXTERNAL");
+    // The command line too: our server echoes "5" in capitals, which is "5".
+    const files = ["CACERT", "CERT", "KEY"].map((part) =>
+      Deno.env.get(`RPC_TEST_EXTERNAL_${part}`)!
+    );
+    const cli = await run(FIB_CLIENT, [
+      ...["--url", url.href, "--queue", queue, "5"],
+      ...["--cacert", files[0], "--cert", files[1], "--key", files[2]],
+    ]);
+    assert.equal(cli.stdout, " [x] Requesting fib(5)\n [.] Got 5\n", cli.stderr);
+  },
+});
