@@ -174,6 +174,11 @@ class Brokers {
     this.#connectedOnce = true;
   }
 
+  /** Whether start-up is over: the first connection was up. */
+  get started(): boolean {
+    return this.#connectedOnce;
+  }
+
   /**
    * amqplib's recovery asks this before each new attempt: go on to the next
    * URL. The first connection tries each URL once, without waiting; later,
@@ -231,7 +236,6 @@ export async function openConnection(
   const brokers = new Brokers(urls);
   const { crashes } = brokers;
   const failures: string[] = [];
-  let started = false;
   const connection = await amqp.connect(brokers, {
     ...tlsSocketOptions(urls, tls),
     noDelay: true, // with Nagle's algorithm on, every message waits ~40 ms
@@ -244,20 +248,45 @@ export async function openConnection(
       setup: async (model: ChannelModel) => {
         crashes.up();
         coalesceWrites(model);
-        if ((started || brokers.urls.length > 1) && !crashes.looping) {
+        if ((brokers.started || brokers.urls.length > 1) && !crashes.looping) {
           log(` [x] Connected to ${redact(brokers.current)}`);
         }
         await setup(model);
       },
     },
   });
+  hearLosses(connection, brokers, log, failures);
+  if (blocked) {
+    connection.on("blocked", (reason: string) => blocked(String(reason || "no reason given")));
+    connection.on("unblocked", () => blocked(undefined));
+  }
+  try {
+    await connection.waitForConnect();
+  } catch {
+    throw new Error(failures.join("; "));
+  }
+  brokers.connected();
+  return connection;
+}
+
+/**
+ * Logs each loss and reconnection (after start-up: before it, `failures`
+ * collects why each broker failed); in a crash loop, one line per period.
+ */
+function hearLosses(
+  connection: RecoveringChannelModel,
+  brokers: Brokers,
+  log: (line: string) => void,
+  failures: string[],
+): void {
+  const { crashes } = brokers;
   // Without an "error" listener, an abrupt loss (a reset, a missed heartbeat)
   // would throw out of amqplib and kill the process. "disconnect" says it.
   connection.on("error", ignoreError);
   connection.on("connect-failed", (error: Error) => {
     const failure = describeFailure(error, brokers.current);
     crashes.down(failure); // counts only if the connection was up (its setup failed)
-    if (!started) failures.push(failure);
+    if (!brokers.started) failures.push(failure);
     else if (!crashes.looping) log(` [!] ${failure}`);
   });
   connection.on("disconnect", (error: Error) => {
@@ -265,12 +294,8 @@ export async function openConnection(
     crashes.down(failure);
     if (!crashes.looping) log(` [!] Lost ${redact(brokers.current)}: ${failure}`);
   });
-  if (blocked) {
-    connection.on("blocked", (reason: string) => blocked(String(reason || "no reason given")));
-    connection.on("unblocked", () => blocked(undefined));
-  }
   connection.on("reconnect-scheduled", ({ delay }: { delay: number }) => {
-    if (!started) return;
+    if (!brokers.started) return;
     const where = redact(brokers.current);
     if (!crashes.looping) log(` [!] Reconnecting to ${where} in ${delay} ms`);
     else {
@@ -278,14 +303,6 @@ export async function openConnection(
       if (report) log(report);
     }
   });
-  try {
-    await connection.waitForConnect();
-  } catch {
-    throw new Error(failures.join("; "));
-  }
-  started = true;
-  brokers.connected();
-  return connection;
 }
 
 /**
