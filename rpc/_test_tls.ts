@@ -50,7 +50,10 @@ async function makeCertificate(dir: string, name: string, ca: string, extensions
 }
 
 /** The certificates the tests make. */
-type PemName = "ca" | "server" | "client" | "rogueCa" | "rogue";
+type PemName = "ca" | "server" | "client" | "clientEncrypted" | "rogueCa" | "rogue";
+
+/** The passphrase of `clientEncrypted.key`: the client's key, encrypted. */
+export const KEY_PASSPHRASE = "test-passphrase";
 
 /** The PEM files the tests use, by name, and their text. */
 export interface Certificates {
@@ -72,6 +75,10 @@ export async function makeCertificates(): Promise<Certificates & AsyncDisposable
     "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
   );
   await makeCertificate(dir, "client", "ca", "extendedKeyUsage=clientAuth\n");
+  await openssl(dir, [
+    ...["pkey", "-in", "@/client.key", "-aes256", "-passout", `pass:${KEY_PASSPHRASE}`],
+    ...["-out", "@/clientEncrypted.key"],
+  ]);
   await makeCertificate(dir, "rogue", "rogueCa", "extendedKeyUsage=clientAuth\n");
   const file = (name: string, part = "pem") => `${dir}/${name}.${part}`;
   return {

@@ -6,6 +6,8 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
+import { createPrivateKey, createPublicKey, type KeyObject, X509Certificate } from "node:crypto";
 import amqp from "npm:amqplib@2.3.1";
 import type { SocketOptions } from "npm:amqplib@2.3.1";
 
@@ -71,10 +73,61 @@ export function tlsSocketOptions(
       throw new TypeError(`tls.${name} must be PEM text (-----BEGIN ...), not a file name`);
     }
   }
+  checkKeyPair(tls);
   for (const name of ["ca", "cert", "key", "passphrase", "servername"] as const) {
     if (tls[name] !== undefined) options[name] = tls[name];
   }
   return options;
+}
+
+/** What the settings are called in messages: the library's names, or the command line's. */
+export interface TlsNames {
+  cert: string;
+  key: string;
+  passphrase: string;
+}
+
+/**
+ * Checks that `tls.key` can be read (with `tls.passphrase` if encrypted)
+ * and is the key of `tls.cert`. Without this check, a wrong passphrase
+ * sends no certificate at all (the broker then says it requires one) and
+ * a key of another certificate fails as "unsupported protocol".
+ *
+ * @example
+ * ```ts
+ * checkKeyPair({ cert: undefined, key: undefined }); // nothing to check
+ * ```
+ * @throws {TypeError} naming what is wrong and what to pass.
+ */
+export function checkKeyPair(
+  tls: TlsOptions,
+  names: TlsNames = { cert: "tls.cert", key: "tls.key", passphrase: "tls.passphrase" },
+): void {
+  if (!tls.cert || !tls.key) return;
+  let key: KeyObject;
+  try {
+    key = createPrivateKey({ key: tls.key, passphrase: tls.passphrase });
+  } catch (error) {
+    const encrypted = /ENCRYPTED/.test(tls.key);
+    const message = tls.passphrase !== undefined && encrypted
+      ? `${names.key} cannot be decrypted with ${names.passphrase} (a wrong passphrase?)`
+      : encrypted
+      ? `${names.key} is encrypted: give its passphrase (${names.passphrase})`
+      : `${names.key} holds no private key that can be read`;
+    throw new TypeError(message, { cause: error });
+  }
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(tls.cert);
+  } catch (error) {
+    throw new TypeError(`${names.cert} holds no certificate that can be read`, { cause: error });
+  }
+  const spki = (publicKey: KeyObject) => publicKey.export({ type: "spki", format: "der" });
+  if (!Buffer.from(spki(createPublicKey(key))).equals(Buffer.from(spki(certificate.publicKey)))) {
+    throw new TypeError(
+      `${names.cert} and ${names.key} do not belong together: the key is not the certificate's`,
+    );
+  }
 }
 
 /** Whether the URLs ask to log in with the client certificate; throws if they disagree. */

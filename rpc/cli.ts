@@ -6,6 +6,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEFAULT_URL, hidePassword, parseBrokerUrls } from "./urls.ts";
+import { checkKeyPair, type TlsOptions } from "./_tls.ts";
 
 /** A mistake in the command line: one line, then exit 2. */
 export class UsageError extends Error {
@@ -155,19 +156,23 @@ export const TLS_OPTIONS = {
 /** The environment variables that stand in for `--cacert`, `--cert` and `--key`. */
 export const TLS_ENVIRONMENT = { cacert: "AMQP_CACERT", cert: "AMQP_CERT", key: "AMQP_KEY" };
 
+/** The environment variable holding the passphrase of an encrypted `--key` (never a flag: `ps` shows flags). */
+export const KEY_PASSPHRASE_ENVIRONMENT = "AMQP_KEY_PASSPHRASE";
+
 /** The lines of --help about TLS and permissions, shared by both command lines. */
 export const TLS_USAGE = `TLS (amqps:// URLs only; PEM files, as curl names them):
   --cacert FILE    CA certificate(s) the broker's certificate is signed by
                    (default: $AMQP_CACERT, else the system's CAs)
   --cert FILE      client certificate, for brokers that require one
                    (default: $AMQP_CERT); goes with --key
-  --key FILE       the client certificate's private key (default: $AMQP_KEY)
+  --key FILE       the client certificate's private key (default: $AMQP_KEY;
+                   if encrypted, its passphrase in $AMQP_KEY_PASSPHRASE)
   With ?auth_mechanism=external in the URL, the client certificate is the
   login (SASL EXTERNAL) instead of a user name and password.
 
 Permissions: --allow-net --allow-env are enough, and may be scoped, e.g.
-  --allow-net=broker:5671 --allow-env=AMQP_URL,AMQP_CACERT,AMQP_CERT,AMQP_KEY
-  plus --allow-read=FILE,... for the certificate files.`;
+  --allow-net=broker:5671 --allow-env=AMQP_URL,AMQP_CACERT,AMQP_CERT,AMQP_KEY,
+  AMQP_KEY_PASSPHRASE, plus --allow-read=FILE,... for the certificate files.`;
 
 /**
  * The `tls` option from `--cacert`, `--cert`, `--key` (else `$AMQP_CACERT`,
@@ -184,7 +189,7 @@ Permissions: --allow-net --allow-env are enough, and may be scoped, e.g.
 export function tlsFromCommandLine(
   values: Record<string, unknown>,
   urls: string[],
-): { ca?: string; cert?: string; key?: string } | undefined {
+): TlsOptions | undefined {
   const given = (name: keyof typeof TLS_ENVIRONMENT) => {
     const file = values[name] as string | undefined;
     if (file !== undefined) return { file, what: `--${name}` };
@@ -203,7 +208,19 @@ export function tlsFromCommandLine(
     const verb = what.length === 1 ? "needs" : "need";
     throw new UsageError(`${what.join(", ")} ${verb} amqps:// URLs, got "${hidePassword(plain)}"`);
   }
-  return { ca: readPem(cacert), cert: readPem(cert), key: readPem(key) };
+  const tls = {
+    ca: readPem(cacert),
+    cert: readPem(cert),
+    key: readPem(key),
+    passphrase: environment(KEY_PASSPHRASE_ENVIRONMENT),
+  };
+  try {
+    const names = { cert: cert?.what ?? "--cert", key: key?.what ?? "--key" };
+    checkKeyPair(tls, { ...names, passphrase: KEY_PASSPHRASE_ENVIRONMENT });
+  } catch (error) {
+    throw new UsageError((error as Error).message, { cause: error });
+  }
+  return tls;
 }
 
 /** An environment variable, or undefined if it is unset or not allowed (--allow-env scoped without it). */

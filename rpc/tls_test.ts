@@ -14,7 +14,12 @@
 import assert from "node:assert/strict";
 import { RpcClient, RpcServer, type TlsOptions } from "./mod.ts";
 import { FIB_CLIENT, FIB_SERVER, programName, run, spawn } from "./_test_process.ts";
-import { makeCertificates, startTlsListener, tlsToolsInstalled } from "./_test_tls.ts";
+import {
+  KEY_PASSPHRASE,
+  makeCertificates,
+  startTlsListener,
+  tlsToolsInstalled,
+} from "./_test_tls.ts";
 import { openBroker, quiet, waitFor } from "./_test_util.ts";
 
 const ignore = !(await tlsToolsInstalled());
@@ -241,6 +246,60 @@ Deno.test({
     await assert.rejects(
       RpcClient.connect({ url: ["amqps://a?auth_mechanism=external", "amqps://b"], tls: mutual() }),
       { name: "TypeError", message: "auth_mechanism must be the same on every broker URL" },
+    );
+  },
+});
+
+Deno.test({
+  name:
+    "an encrypted key works with its passphrase; a wrong or missing passphrase, or a key of another certificate, fails in one line before connecting",
+  ignore,
+  async fn() {
+    const { text, file } = tls().certificates;
+    const url = tls().listener.url();
+    const encrypted = { ca: text("ca"), cert: text("client"), key: text("clientEncrypted", "key") };
+    await using client = await RpcClient.connect({
+      url,
+      tls: { ...encrypted, passphrase: KEY_PASSPHRASE },
+    });
+    assert.ok(client.connectionName);
+    const cases: Array<[TlsOptions, string]> = [
+      [
+        { ...encrypted, passphrase: "wrong" },
+        "tls.key cannot be decrypted with tls.passphrase (a wrong passphrase?)",
+      ],
+      [encrypted, "tls.key is encrypted: give its passphrase (tls.passphrase)"],
+      [
+        { ...mutual(), key: text("rogue", "key") },
+        "tls.cert and tls.key do not belong together: the key is not the certificate's",
+      ],
+    ];
+    for (const [options, message] of cases) {
+      await assert.rejects(RpcClient.connect({ url, tls: options }), {
+        name: "TypeError",
+        message,
+      });
+    }
+    await using broker = await openBroker();
+    await using _server = await RpcServer.start({
+      url,
+      tls: mutual(),
+      queue: broker.queue,
+      handler: upper,
+      ...quiet,
+    });
+    const flags = ["--url", url, "--queue", broker.queue, "--cacert", file("ca")];
+    const key = ["--cert", file("client"), "--key", file("clientEncrypted", "key")];
+    const [right, wrong] = await Promise.all([
+      run(FIB_CLIENT, [...flags, ...key, "7"], 20_000, { AMQP_KEY_PASSPHRASE: KEY_PASSPHRASE }),
+      run(FIB_CLIENT, [...flags, ...key, "7"], 20_000, { AMQP_KEY_PASSPHRASE: "wrong" }),
+    ]);
+    assert.equal(right.stdout, " [x] Requesting fib(7)\n [.] Got 7\n", right.stderr);
+    assert.equal(wrong.code, 2);
+    assert.equal(
+      wrong.stderr,
+      "fib_client: --key cannot be decrypted with AMQP_KEY_PASSPHRASE (a wrong passphrase?) " +
+        "(see --help)\n",
     );
   },
 });
