@@ -3,7 +3,7 @@
  * after each reconnection. The usual cause is a request that kills
  * whatever receives it (headers too deeply nested to decode, say): the
  * broker hands it back on every new connection, to every server on the
- * queue, for as long as it stays. Reconnecting at once only spins (8 times
+ * queue, for as long as it stays. Reconnecting at once only spins (7 times
  * a second, with 4 log lines each); so after a few such deaths in a row,
  * reconnections back off up to {@linkcode CRASH_LOOP_BACKOFF}'s cap and
  * one line per period says why, and what ends it: a delivery limit with a
