@@ -46,11 +46,13 @@ export const AUTH_MECHANISM_PARAMETER = "auth_mechanism";
  *
  * @example
  * ```ts
- * tlsSocketOptions([new URL("amqps://broker?auth_mechanism=external")], { ca: "..." });
+ * tlsSocketOptions([new URL("amqps://broker?auth_mechanism=external")], undefined);
+ * // { credentials: { mechanism: "EXTERNAL", ... } }
  * ```
  * @throws {TypeError} for TLS settings with an `amqp://` URL, a cert
- *   without a key (or the reverse), or a login mechanism that is unknown
- *   or not the same on every URL.
+ *   without a key (or the reverse), text that is not PEM, a key that
+ *   cannot be decrypted or is not the cert's (see {@linkcode checkKeyPair}),
+ *   or a login mechanism that is unknown or not the same on every URL.
  */
 export function tlsSocketOptions(
   urls: readonly URL[],
