@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { FibonacciRpcServer } from "./mod.ts";
 import { silentListener, startProxy } from "./_test_faults.ts";
-import { FIB_CLIENT, FIB_SERVER, programName, run, spawn } from "./_test_process.ts";
+import { FIB_CLIENT, FIB_SERVER, programName, run, runDeno, spawn } from "./_test_process.ts";
 import { BROKER_URL, heldHandler, openBroker, quiet, waitFor } from "./_test_util.ts";
 
 Deno.test("the command-line pair works end to end, and the server exits 0 on SIGTERM", async () => {
@@ -149,6 +149,34 @@ Deno.test("bad command-line input exits 2 with a one-line message", async () => 
       stdout: "",
       stderr: `${programName(script)}: ${message} (see --help)\n`, // one line
     })),
+  );
+});
+
+Deno.test("the command lines need only --allow-net and --allow-env, scoped to the broker, and name a permission they lack", async () => {
+  await using broker = await openBroker();
+  await using _server = await FibonacciRpcServer.start({ queue: broker.queue, ...quiet });
+  const url = new URL(BROKER_URL);
+  const address = `${url.hostname}:${url.port || 5672}`;
+  const scoped = [`--allow-net=${address}`, "--allow-env=AMQP_URL"];
+  const [enough, noNet, noRead] = await Promise.all([
+    runDeno(["run", ...scoped, FIB_CLIENT, "--url", BROKER_URL, "--queue", broker.queue, "9"]),
+    runDeno(["run", "--allow-env", FIB_CLIENT, "--url", BROKER_URL, "9"]),
+    runDeno(["run", ...scoped, FIB_SERVER, "--url", "amqps://broker", "--cacert", "ca.pem"]),
+  ]);
+  assert.equal(enough.stdout, " [x] Requesting fib(9)\n [.] Got 34\n", enough.stderr);
+  assert.equal(noNet.code, 1);
+  assert.match(
+    noNet.stderr,
+    new RegExp(
+      `^fib_client: not allowed to connect to .*: run with --allow-net=${address} ` +
+        `\\(or --allow-net\\)\n$`,
+    ),
+  );
+  assert.equal(noRead.code, 2);
+  assert.equal(
+    noRead.stderr,
+    'fib_server: cannot read --cacert "ca.pem": not allowed to read it: run with ' +
+      "--allow-read=ca.pem (see --help)\n",
   );
 });
 

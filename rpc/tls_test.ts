@@ -332,7 +332,7 @@ Deno.test({
     await assert.rejects(RpcClient.connect({ url: url.href, tls }), /access refused/);
     url.searchParams.set("auth_mechanism", "external");
     const queue = `rpc_test.${crypto.randomUUID()}`;
-    await using server = await RpcServer.start({
+    await using _server = await RpcServer.start({
       url: url.href,
       tls,
       queue,
