@@ -6,6 +6,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEFAULT_URL, hidePassword, parseBrokerUrls } from "./urls.ts";
+import { checkKeyPair, type TlsOptions } from "./_tls.ts";
 
 /** A mistake in the command line: one line, then exit 2. */
 export class UsageError extends Error {
@@ -122,7 +123,8 @@ export function fail(program: string, error: unknown): never {
  *
  * @example
  * ```ts
- * const options = readOrExit("fib_server", Deno.args, readCommandLine, USAGE);
+ * const read = (args: string[]) => args.includes("--help") ? "help" : { verbose: args.length > 0 };
+ * const options = readOrExit("my_tool", Deno.args, read, "Usage: my_tool [--verbose]");
  * ```
  */
 export function readOrExit<T>(
@@ -142,4 +144,112 @@ export function readOrExit<T>(
     Deno.exit(0);
   }
   return result;
+}
+
+/** The TLS options both command lines take, for {@linkcode parseCommandLine}. */
+export const TLS_OPTIONS = {
+  cacert: { type: "string" },
+  cert: { type: "string" },
+  key: { type: "string" },
+} as const;
+
+/** The environment variables that stand in for `--cacert`, `--cert` and `--key`. */
+export const TLS_ENVIRONMENT = { cacert: "AMQP_CACERT", cert: "AMQP_CERT", key: "AMQP_KEY" };
+
+/** The environment variable holding the passphrase of an encrypted `--key` (never a flag: `ps` shows flags). */
+export const KEY_PASSPHRASE_ENVIRONMENT = "AMQP_KEY_PASSPHRASE";
+
+/** The lines of --help about TLS and permissions, shared by both command lines. */
+export const TLS_USAGE = `TLS (amqps:// URLs only; PEM files, as curl names them):
+  --cacert FILE    CA certificate(s) the broker's certificate is signed by
+                   (default: $AMQP_CACERT, else the system's CAs)
+  --cert FILE      client certificate, for brokers that require one
+                   (default: $AMQP_CERT); goes with --key
+  --key FILE       the client certificate's private key (default: $AMQP_KEY;
+                   if encrypted, its passphrase in $AMQP_KEY_PASSPHRASE)
+  With ?auth_mechanism=external in the URL, the client certificate is the
+  login (SASL EXTERNAL) instead of a user name and password.
+
+Permissions: --allow-net --allow-env are enough, and may be scoped, e.g.
+  --allow-net=broker:5671 --allow-env=AMQP_URL,AMQP_CACERT,AMQP_CERT,AMQP_KEY,
+  AMQP_KEY_PASSPHRASE, plus --allow-read=FILE,... for the certificate files.`;
+
+/**
+ * The `tls` option from `--cacert`, `--cert`, `--key` (else `$AMQP_CACERT`,
+ * `$AMQP_CERT`, `$AMQP_KEY`): the files' PEM text, or undefined if none is
+ * given.
+ *
+ * @example
+ * ```ts
+ * tlsFromCommandLine({ cacert: "ca.pem" }, ["amqps://broker"]); // { ca: "-----BEGIN ..." }
+ * ```
+ * @throws {UsageError} for a cert without a key (or the reverse), a file
+ *   that cannot be read or holds no PEM, or TLS files with an `amqp://` URL.
+ */
+export function tlsFromCommandLine(
+  values: Record<string, unknown>,
+  urls: string[],
+): TlsOptions | undefined {
+  const given = (name: keyof typeof TLS_ENVIRONMENT) => {
+    const file = values[name] as string | undefined;
+    if (file !== undefined) return { file, what: `--${name}` };
+    const fromEnvironment = environment(TLS_ENVIRONMENT[name]);
+    return fromEnvironment ? { file: fromEnvironment, what: TLS_ENVIRONMENT[name] } : undefined;
+  };
+  const [cacert, cert, key] = [given("cacert"), given("cert"), given("key")];
+  if (!cacert && !cert && !key) return undefined;
+  if (!cert !== !key) {
+    const [has, lacks] = cert ? [cert.what, "--key"] : [key!.what, "--cert"];
+    throw new UsageError(`${has} needs ${lacks} too: a client certificate goes with its key`);
+  }
+  const plain = urls.find((url) => !url.startsWith("amqps:"));
+  if (plain) {
+    const what = [cacert, cert, key].filter((option) => option).map((option) => option!.what);
+    const verb = what.length === 1 ? "needs" : "need";
+    throw new UsageError(`${what.join(", ")} ${verb} amqps:// URLs, got "${hidePassword(plain)}"`);
+  }
+  const tls = {
+    ca: readPem(cacert),
+    cert: readPem(cert),
+    key: readPem(key),
+    passphrase: environment(KEY_PASSPHRASE_ENVIRONMENT),
+  };
+  try {
+    const names = { cert: cert?.what ?? "--cert", key: key?.what ?? "--key" };
+    checkKeyPair(tls, { ...names, passphrase: KEY_PASSPHRASE_ENVIRONMENT });
+  } catch (error) {
+    throw new UsageError((error as Error).message, { cause: error });
+  }
+  return tls;
+}
+
+/** An environment variable, or undefined if it is unset or not allowed (--allow-env scoped without it). */
+function environment(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable) return undefined;
+    throw error;
+  }
+}
+
+/** The PEM text of a file named on the command line; a UsageError if it cannot be read or is not PEM. */
+function readPem(option: { file: string; what: string } | undefined): string | undefined {
+  if (!option) return undefined;
+  const { file, what } = option;
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch (error) {
+    const why = error instanceof Deno.errors.NotCapable
+      ? `not allowed to read it: run with --allow-read=${file}`
+      : error instanceof Deno.errors.NotFound
+      ? "no such file"
+      : (error as Error).message.split("\n")[0];
+    throw new UsageError(`cannot read ${what} "${file}": ${why}`, { cause: error });
+  }
+  if (!text.includes("-----BEGIN ")) {
+    throw new UsageError(`${what} "${file}" holds no PEM text (-----BEGIN ...)`);
+  }
+  return text;
 }

@@ -13,6 +13,7 @@ import type {
   Message,
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
+import { type Backoff, backoffDelay } from "./_backoff.ts";
 import { ignoreError, openConnection } from "./connection.ts";
 import { checkTimeout, DEADLINE_HEADER } from "./deadlines.ts";
 import { QueueInspector } from "./diagnosis.ts";
@@ -29,9 +30,8 @@ import { Session } from "./session.ts";
 import { startCallSpan } from "./tracing.ts";
 import { brokerUrls } from "./urls.ts";
 
-/** The first wait before a refused request goes out again with `retry`, and the longest, in ms. */
-const RETRY_FIRST_DELAY_MS = 50;
-const RETRY_MAX_DELAY_MS = 1_000;
+/** Waits before a refused request goes out again with `retry`: 50 ms, doubling up to 1 s. */
+const REFUSED_RETRY_BACKOFF: Backoff = { first: 50, max: 1_000 };
 
 /**
  * A client for RPC servers: one connection, one channel, one callback
@@ -98,6 +98,7 @@ export class RpcClient implements AsyncDisposable {
       setup: (model) => client.#setUp(model),
       log: (line) => client.#log.write(line),
       blocked: (reason) => client.#onBlocked(reason),
+      tls: options.tls,
     });
     return client;
   }
@@ -241,7 +242,7 @@ export class RpcClient implements AsyncDisposable {
   #refused(call: PendingCall, session: Session, refusal: Error): void {
     if (refusal.message === "channel closed" || call.sentOn !== session) return; // see #onClosed
     call.sentOn = undefined;
-    const delay = Math.min(RETRY_FIRST_DELAY_MS * 2 ** call.refusals++, RETRY_MAX_DELAY_MS);
+    const delay = backoffDelay(++call.refusals, REFUSED_RETRY_BACKOFF);
     this.#log.write(
       ` [!] "${call.queue}" refused a request (${refusal.message})` +
         (call.retry ? `; sending it again in ${delay} ms` : ""),

@@ -1,29 +1,38 @@
 /**
  * Connections to the broker: failover between the nodes of a cluster,
- * reconnection with amqplib's own recovery, one-line failure messages
- * without passwords, and coalesced socket writes.
+ * reconnection with amqplib's own recovery (backing off in a crash loop),
+ * TLS, one-line failure messages without passwords, and coalesced socket
+ * writes.
  *
  * @module
  */
 import amqp from "npm:amqplib@2.3.1";
 import type { ChannelModel, RecoveringChannelModel } from "npm:amqplib@2.3.1";
+import { type Backoff, backoffDelay } from "./_backoff.ts";
+import { CrashLoopWatch } from "./_crash_loop.ts";
+import { describeTlsFailure, type TlsOptions, tlsSocketOptions } from "./_tls.ts";
 import { redact } from "./urls.ts";
 
 /** How long a TCP connect plus the AMQP handshake may take, in ms. */
 export const CONNECT_TIMEOUT_MS = 10_000;
 
 /**
- * Heartbeat, in seconds, asked of the broker. amqplib gives up on a link
- * after two silent intervals, so a peer that vanishes without a word (a
- * dead host, a dropped NAT entry) is noticed in 10 to 15 s. RabbitMQ's
- * default is 60 s: 2 to 3 minutes of calls into the void. A `heartbeat`
- * parameter in the URL (`?heartbeat=30`) overrides it.
+ * Heartbeat timeout, in seconds, asked of the broker: chosen between two
+ * faults. A peer that vanishes without a word (a dead host, a dropped NAT
+ * entry) is noticed only by silence: amqplib gives up after two silent
+ * intervals (20 to 30 s at 10 s); RabbitMQ's default of 60 s would mean 2
+ * to 3 minutes of calls into the void. But a process whose event loop is
+ * blocked sends no heartbeat either, and the broker drops its connection:
+ * at 5 s, after ~10 s of blocking; at 10 s (RabbitMQ 3.10, measured), a
+ * handler computing 25 s without yielding kept its connection and one
+ * computing 40 s lost it. RabbitMQ advises 6 to 15 s against such false
+ * positives; 10 s sits in the middle. Longer CPU-bound work belongs off the
+ * event loop. A `heartbeat` parameter in the URL (`?heartbeat=30`) overrides it.
  */
-export const HEARTBEAT_SECONDS = 5;
+export const HEARTBEAT_SECONDS = 10;
 
-/** Waits between reconnection attempts: the first, and the most. */
-const RECONNECT_FIRST_DELAY_MS = 100;
-const RECONNECT_MAX_DELAY_MS = 5_000;
+/** Waits between reconnection attempts: each round of the URL list twice as long, 100 ms to 5 s. */
+const RECONNECT_BACKOFF: Backoff = { first: 100, max: 5_000 };
 
 /**
  * Ignores an error, on purpose. Used only where a failure changes nothing:
@@ -32,7 +41,11 @@ const RECONNECT_MAX_DELAY_MS = 5_000;
  *
  * @example
  * ```ts
+ * import amqp from "npm:amqplib@2.3.1";
+ * const model = await amqp.connect("amqp://localhost");
+ * const channel = await model.createChannel();
  * channel.on("error", ignoreError);
+ * await channel.close().catch(ignoreError);
  * ```
  */
 export function ignoreError(_error: unknown): void {}
@@ -43,7 +56,9 @@ export function ignoreError(_error: unknown): void {}
  *
  * @example
  * ```ts
- * await within(channel.checkQueue("q"), 1_000, "the broker did not answer in time");
+ * import amqp from "npm:amqplib@2.3.1";
+ * const model = await amqp.connect("amqp://localhost");
+ * await within(model.createChannel(), 1_000, "the broker did not answer in time");
  * ```
  */
 export function within<T>(work: Promise<T>, ms: number, message: string): Promise<T> {
@@ -59,7 +74,10 @@ export function within<T>(work: Promise<T>, ms: number, message: string): Promis
  *
  * @example
  * ```ts
- * describeFailure(error, new URL("amqp://guest:guest@127.0.0.1:1"));
+ * import amqp from "npm:amqplib@2.3.1";
+ * const url = new URL("amqp://guest:guest@127.0.0.1:1");
+ * const error = await amqp.connect(url.href).catch((error: unknown) => error);
+ * describeFailure(error, url);
  * // "cannot connect to amqp://guest:***@127.0.0.1:1: connection refused (is RabbitMQ running?)"
  * ```
  */
@@ -68,7 +86,15 @@ export function describeFailure(error: unknown, url: URL): string {
   const code = (error as { code?: unknown })?.code;
   const where = redact(url);
   if (error instanceof Deno.errors.NotCapable || code === "EPERM") {
-    return `not allowed to connect to ${where}: run with --allow-net (or -A)`;
+    const port = url.port || (url.protocol === "amqps:" ? "5671" : "5672");
+    return `not allowed to connect to ${where}: run with --allow-net=${url.hostname}:${port} ` +
+      `(or --allow-net)`;
+  }
+  const tls = describeTlsFailure(error, where);
+  if (tls) return tls;
+  if (error instanceof RangeError && /call stack/i.test(message)) {
+    return `a message from the broker could not be decoded (its headers nest too deep: ` +
+      `${message})`;
   }
   if (code === "ECONNREFUSED") {
     return `cannot connect to ${where}: connection refused (is RabbitMQ running?)`;
@@ -79,6 +105,11 @@ export function describeFailure(error: unknown, url: URL): string {
   if (message === "connect ETIMEDOUT" || code === "ETIMEDOUT") {
     return `cannot connect to ${where}: no AMQP answer within ${CONNECT_TIMEOUT_MS / 1000} s ` +
       `(is that a RabbitMQ port? a firewall or a load balancer with no backend?)`;
+  }
+  if (/SASL mechanism EXTERNAL is not provided/.test(message)) {
+    return `cannot log in to ${where} with the client certificate: the broker does not offer ` +
+      `SASL EXTERNAL (it needs the rabbitmq_auth_mechanism_ssl plugin, and its own TLS ` +
+      `listener with the client's CA)`;
   }
   if (/ACCESS[-_]REFUSED/.test(message)) {
     return `cannot log in to ${where}: access refused (wrong user name or password?)`;
@@ -101,6 +132,8 @@ export function describeFailure(error: unknown, url: URL): string {
  */
 class Brokers {
   readonly urls: readonly URL[];
+  /** Deaths soon after connecting, again and again: see rpc/_crash_loop.ts. */
+  readonly crashes = new CrashLoopWatch();
   #index = 0;
   #connectedOnce = false;
 
@@ -141,18 +174,23 @@ class Brokers {
     this.#connectedOnce = true;
   }
 
+  /** Whether start-up is over: the first connection was up. */
+  get started(): boolean {
+    return this.#connectedOnce;
+  }
+
   /**
    * amqplib's recovery asks this before each new attempt: go on to the next
    * URL. The first connection tries each URL once, without waiting; later,
    * each full round of the list waits twice as long as the one before (up
-   * to 5 s), give or take 20 % so that many clients do not come back at once.
+   * to 5 s), give or take 20 % so that many clients do not come back at
+   * once; in a crash loop, longer (see rpc/_crash_loop.ts).
    */
   nextDelay = (attempt: number): number => {
     this.#index = (this.#index + 1) % this.urls.length;
     if (!this.#connectedOnce) return 0;
     const round = Math.floor((attempt - 1) / this.urls.length);
-    const delay = Math.min(RECONNECT_MAX_DELAY_MS, RECONNECT_FIRST_DELAY_MS * 2 ** round);
-    return Math.round(delay * (0.8 + Math.random() * 0.4));
+    return Math.max(backoffDelay(round + 1, RECONNECT_BACKOFF), this.crashes.delay());
   };
 }
 
@@ -169,13 +207,17 @@ export interface ConnectionOptions {
    * memory or disk), with the broker's reason, and unblock it (undefined).
    */
   blocked?: (reason: string | undefined) => void;
+  /** TLS settings for `amqps://` URLs. Default: the system's CAs, no client certificate. */
+  tls?: TlsOptions;
 }
 
 /**
  * Connects to the first broker that answers, with amqplib's recovery: a lost
  * connection is rebuilt on the next broker in turn, and `setup` runs again
  * on every new connection. Fails, with one line per broker tried, if none
- * answers at start.
+ * answers at start. In a crash loop (the connection dies the same way
+ * again and again, soon after opening) it backs off up to 30 s and logs
+ * one line per period instead of one per loss: see rpc/_crash_loop.ts.
  *
  * @example
  * ```ts
@@ -185,15 +227,17 @@ export interface ConnectionOptions {
  *   log: console.log,
  * });
  * ```
+ * @throws {TypeError} for TLS settings that do not fit the URLs (see rpc/_tls.ts).
  */
 export async function openConnection(
   urls: readonly URL[],
-  { name, setup, log, blocked }: ConnectionOptions,
+  { name, setup, log, blocked, tls }: ConnectionOptions,
 ): Promise<RecoveringChannelModel> {
   const brokers = new Brokers(urls);
+  const { crashes } = brokers;
   const failures: string[] = [];
-  let started = false;
   const connection = await amqp.connect(brokers, {
+    ...tlsSocketOptions(urls, tls),
     noDelay: true, // with Nagle's algorithm on, every message waits ~40 ms
     timeout: CONNECT_TIMEOUT_MS, // a listener that never speaks AMQP must not hang us
     clientProperties: { connection_name: name },
@@ -202,38 +246,63 @@ export async function openConnection(
       initialMaxRetries: brokers.urls.length - 1, // each URL once, then give up
       calculateDelay: brokers.nextDelay,
       setup: async (model: ChannelModel) => {
+        crashes.up();
         coalesceWrites(model);
-        if (started || brokers.urls.length > 1) log(` [x] Connected to ${redact(brokers.current)}`);
+        if ((brokers.started || brokers.urls.length > 1) && !crashes.looping) {
+          log(` [x] Connected to ${redact(brokers.current)}`);
+        }
         await setup(model);
       },
     },
   });
-  // Without an "error" listener, an abrupt loss (a reset, a missed heartbeat)
-  // would throw out of amqplib and kill the process. "disconnect" says it.
-  connection.on("error", ignoreError);
-  connection.on("connect-failed", (error: Error) => {
-    const failure = describeFailure(error, brokers.current);
-    if (started) log(` [!] ${failure}`);
-    else failures.push(failure);
-  });
-  connection.on("disconnect", (error: Error) => {
-    log(` [!] Lost ${redact(brokers.current)}: ${describeFailure(error, brokers.current)}`);
-  });
+  hearLosses(connection, brokers, log, failures);
   if (blocked) {
     connection.on("blocked", (reason: string) => blocked(String(reason || "no reason given")));
     connection.on("unblocked", () => blocked(undefined));
   }
-  connection.on("reconnect-scheduled", ({ delay }: { delay: number }) => {
-    if (started) log(` [!] Reconnecting to ${redact(brokers.current)} in ${delay} ms`);
-  });
   try {
     await connection.waitForConnect();
   } catch {
     throw new Error(failures.join("; "));
   }
-  started = true;
   brokers.connected();
   return connection;
+}
+
+/**
+ * Logs each loss and reconnection (after start-up: before it, `failures`
+ * collects why each broker failed); in a crash loop, one line per period.
+ */
+function hearLosses(
+  connection: RecoveringChannelModel,
+  brokers: Brokers,
+  log: (line: string) => void,
+  failures: string[],
+): void {
+  const { crashes } = brokers;
+  // Without an "error" listener, an abrupt loss (a reset, a missed heartbeat)
+  // would throw out of amqplib and kill the process. "disconnect" says it.
+  connection.on("error", ignoreError);
+  connection.on("connect-failed", (error: Error) => {
+    const failure = describeFailure(error, brokers.current);
+    crashes.down(failure); // counts only if the connection was up (its setup failed)
+    if (!brokers.started) failures.push(failure);
+    else if (!crashes.looping) log(` [!] ${failure}`);
+  });
+  connection.on("disconnect", (error: Error) => {
+    const failure = describeFailure(error, brokers.current);
+    crashes.down(failure);
+    if (!crashes.looping) log(` [!] Lost ${redact(brokers.current)}: ${failure}`);
+  });
+  connection.on("reconnect-scheduled", ({ delay }: { delay: number }) => {
+    if (!brokers.started) return;
+    const where = redact(brokers.current);
+    if (!crashes.looping) log(` [!] Reconnecting to ${where} in ${delay} ms`);
+    else {
+      const report = crashes.report(where, delay);
+      if (report) log(report);
+    }
+  });
 }
 
 /**

@@ -99,8 +99,9 @@ Deno.test("a bad AMQP_URL is a usage error naming the bad entry, with the passwo
       "AMQP_URL must list one or more amqp:// URLs, separated by commas",
     ],
     [
-      `${BROKER_URL}, amqp//user:hunter2@localhost`,
-      'AMQP_URL (entry 2 of 2) must be an amqp:// or amqps:// URL with a host, got "amqp//user:***@localhost"',
+      `${BROKER_URL}, amqp://user:hunter2/x@localhost`,
+      "AMQP_URL (entry 2 of 2) must be an amqp:// or amqps:// URL with a host " +
+      '(in a password, / ? # @ must be percent-encoded), got "amqp://…"',
     ],
   ];
   await Promise.all(

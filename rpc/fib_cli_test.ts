@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { FibonacciRpcServer } from "./mod.ts";
 import { silentListener, startProxy } from "./_test_faults.ts";
-import { FIB_CLIENT, FIB_SERVER, programName, run, spawn } from "./_test_process.ts";
+import { FIB_CLIENT, FIB_SERVER, programName, run, runDeno, spawn } from "./_test_process.ts";
 import { BROKER_URL, heldHandler, openBroker, quiet, waitFor } from "./_test_util.ts";
 
 Deno.test("the command-line pair works end to end, and the server exits 0 on SIGTERM", async () => {
@@ -152,6 +152,34 @@ Deno.test("bad command-line input exits 2 with a one-line message", async () => 
   );
 });
 
+Deno.test("the command lines need only --allow-net and --allow-env, scoped to the broker, and name a permission they lack", async () => {
+  await using broker = await openBroker();
+  await using _server = await FibonacciRpcServer.start({ queue: broker.queue, ...quiet });
+  const url = new URL(BROKER_URL);
+  const address = `${url.hostname}:${url.port || 5672}`;
+  const scoped = [`--allow-net=${address}`, "--allow-env=AMQP_URL"];
+  const [enough, noNet, noRead] = await Promise.all([
+    runDeno(["run", ...scoped, FIB_CLIENT, "--url", BROKER_URL, "--queue", broker.queue, "9"]),
+    runDeno(["run", "--allow-env", FIB_CLIENT, "--url", BROKER_URL, "9"]),
+    runDeno(["run", ...scoped, FIB_SERVER, "--url", "amqps://broker", "--cacert", "ca.pem"]),
+  ]);
+  assert.equal(enough.stdout, " [x] Requesting fib(9)\n [.] Got 34\n", enough.stderr);
+  assert.equal(noNet.code, 1);
+  assert.match(
+    noNet.stderr,
+    new RegExp(
+      `^fib_client: not allowed to connect to .*: run with --allow-net=${address} ` +
+        `\\(or --allow-net\\)\n$`,
+    ),
+  );
+  assert.equal(noRead.code, 2);
+  assert.equal(
+    noRead.stderr,
+    'fib_server: cannot read --cacert "ca.pem": not allowed to read it: run with ' +
+      "--allow-read=ca.pem (see --help)\n",
+  );
+});
+
 Deno.test("--help prints the usage and exits 0", async () => {
   const outputs = await Promise.all(
     [FIB_CLIENT, FIB_SERVER].map((script) => run(script, ["--help"])),
@@ -160,8 +188,13 @@ Deno.test("--help prints the usage and exits 0", async () => {
     const { code, stdout, stderr } = outputs[i];
     assert.equal(code, 0);
     assert.equal(stderr, "");
-    assert.ok(stdout.startsWith(`Usage: deno run -A ${script} [options]`), stdout);
+    assert.ok(
+      stdout.startsWith(`Usage: deno run --allow-net --allow-env ${script} [options]`),
+      stdout,
+    );
     assert.match(stdout, /--url URL/);
+    assert.match(stdout, /--cacert FILE/);
+    assert.match(stdout, /--allow-net=broker:5671/);
   }
 });
 
@@ -180,7 +213,7 @@ Deno.test("the command-line client says so when no server consumes the queue, or
     client.stderr,
     new RegExp(
       `^ \\[!\\] No server is consuming "${broker.queue}"; waiting up to 1500 ms for one ` +
-        `\\(start it: deno run -A rpc/fib_server\\.ts\\)\n` +
+        `\\(start it: deno run --allow-net --allow-env rpc/fib_server\\.ts\\)\n` +
         `fib_client: fib\\(7\\): no reply within 1500 ms: no server consumes "${broker.queue}" ` +
         `\\((0 requests|1 request) waiting in it; start one\\)\n$`,
     ),

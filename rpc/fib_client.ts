@@ -7,8 +7,10 @@
  *
  * ```sh
  * deno run --allow-net --allow-env rpc/fib_client.ts 30     # [.] Got 832040
- * deno run -A rpc/fib_client.ts --verbose 10 20 30          # how each reply finds its call
- * deno run -A rpc/fib_client.ts --help
+ * deno run --allow-net --allow-env rpc/fib_client.ts --verbose 10 20 30   # how replies find calls
+ * deno run --allow-net --allow-env --allow-read rpc/fib_client.ts --url amqps://broker \
+ *   --cacert ca.pem --cert client.pem --key client.key 30
+ * deno run rpc/fib_client.ts --help
  * ```
  *
  * @module
@@ -18,6 +20,9 @@ import {
   oneOf,
   parseCommandLine,
   readOrExit,
+  TLS_OPTIONS,
+  TLS_USAGE,
+  tlsFromCommandLine,
   urlsFromCommandLine,
   UsageError,
   wholeNumber,
@@ -28,7 +33,7 @@ import { type FibonacciClientOptions, FibonacciRpcClient } from "./fibonacci.ts"
 import { DEFAULT_TIMEOUT_MS } from "./options.ts";
 import { hidePassword } from "./urls.ts";
 
-const USAGE = `Usage: deno run -A rpc/fib_client.ts [options] N [N ...]
+const USAGE = `Usage: deno run --allow-net --allow-env rpc/fib_client.ts [options] N [N ...]
 
 Asks an RPC server for fib(N); several N are sent at once over one callback queue.
 
@@ -45,6 +50,8 @@ Options:
   --verbose        show each request, how each reply is matched to it, and
                    which broker the client is on
   -h, --help       show this help
+
+${TLS_USAGE}
 
 Exit status: 0 if every call was answered, 1 if one failed or no broker
 answers (or --allow-net is missing), 2 for a usage error, 130 on Ctrl-C.`;
@@ -65,6 +72,7 @@ function readCommandLine(args: string[]): Request | "help" {
     "reply-queue": { type: "string" },
     verbose: { type: "boolean" },
     help: { type: "boolean", short: "h" },
+    ...TLS_OPTIONS,
   }, true);
   if (values.help) return "help";
   if (positionals.length === 0) {
@@ -93,10 +101,12 @@ function readCommandLine(args: string[]): Request | "help" {
   // A one-shot call says what went wrong in its last line; --verbose
   // also shows each request, each reply, and the broker it is on.
   const verbose = values.verbose ? (line: string) => console.error(line) : undefined;
+  const url = urlsFromCommandLine(values.url as string[] | undefined);
   return {
     numbers,
     options: {
-      url: urlsFromCommandLine(values.url as string[] | undefined),
+      url,
+      tls: tlsFromCommandLine(values, url),
       queue: values.queue as string | undefined,
       timeout,
       retry: (values.retry as boolean | undefined) ?? false,
@@ -113,7 +123,7 @@ async function warnIfNoServer(client: FibonacciRpcClient, timeout: number): Prom
   if (count === 0 && client.pendingCalls > 0) {
     console.error(
       ` [!] No server is consuming "${client.queue}"; waiting up to ${timeout} ms for one ` +
-        `(start it: deno run -A rpc/fib_server.ts)`,
+        `(start it: deno run --allow-net --allow-env rpc/fib_server.ts)`,
     );
   }
 }

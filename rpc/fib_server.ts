@@ -7,7 +7,9 @@
  *
  * ```sh
  * deno run --allow-net --allow-env rpc/fib_server.ts
- * deno run -A rpc/fib_server.ts --help
+ * deno run --allow-net --allow-env --allow-read rpc/fib_server.ts --url amqps://broker \
+ *   --cacert ca.pem --cert client.pem --key client.key
+ * deno run rpc/fib_server.ts --help
  * ```
  *
  * @module
@@ -17,6 +19,9 @@ import {
   oneOf,
   parseCommandLine,
   readOrExit,
+  TLS_OPTIONS,
+  TLS_USAGE,
+  tlsFromCommandLine,
   urlsFromCommandLine,
   UsageError,
   wholeNumber,
@@ -24,7 +29,7 @@ import {
 import { FibonacciRpcServer, type FibonacciServerOptions } from "./fibonacci.ts";
 import { DEFAULT_PREFETCH, isPrefetch, PREFETCH_RULE } from "./options.ts";
 
-const USAGE = `Usage: deno run -A rpc/fib_server.ts [options]
+const USAGE = `Usage: deno run --allow-net --allow-env rpc/fib_server.ts [options]
 
 Takes requests from a RabbitMQ queue and answers each with fib(n).
 
@@ -41,6 +46,8 @@ Options:
   --quiet          do not log each request
   -h, --help       show this help
 
+${TLS_USAGE}
+
 Exit status: 0 after SIGINT or SIGTERM, 1 if no broker answers (or
 --allow-net is missing), 2 for a usage error.`;
 
@@ -54,6 +61,7 @@ function readCommandLine(args: string[]): FibonacciServerOptions | "help" {
     "no-skip-late": { type: "boolean" },
     quiet: { type: "boolean" },
     help: { type: "boolean", short: "h" },
+    ...TLS_OPTIONS,
   });
   if (values.help) return "help";
   const prefetch = wholeNumber(
@@ -63,8 +71,10 @@ function readCommandLine(args: string[]): FibonacciServerOptions | "help" {
     PREFETCH_RULE,
   );
   if (values.queue === "") throw new UsageError("--queue must not be empty");
+  const url = urlsFromCommandLine(values.url as string[] | undefined);
   return {
-    url: urlsFromCommandLine(values.url as string[] | undefined),
+    url,
+    tls: tlsFromCommandLine(values, url),
     queue: values.queue as string | undefined,
     prefetch,
     queueType: oneOf("--queue-type", (values["queue-type"] as string) ?? "quorum", [

@@ -42,6 +42,7 @@ export {
   DEFAULT_TIMEOUT_MS,
   type Handler,
   type ServerOptions,
+  type TlsOptions,
 } from "./options.ts";
 export type { Reply } from "./replies.ts";
 export {

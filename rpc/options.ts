@@ -3,6 +3,8 @@
  *
  * @module
  */
+import type { TlsOptions } from "./_tls.ts";
+export type { TlsOptions } from "./_tls.ts";
 import type { RequestContext } from "./context.ts";
 import type { Reply } from "./replies.ts";
 
@@ -34,6 +36,13 @@ export interface ServerOptions {
    * Default: `$AMQP_URL` (commas between URLs), else `amqp://localhost`.
    */
   url?: string | string[];
+  /**
+   * TLS for `amqps://` URLs: a private CA, a client certificate and key
+   * (mutual TLS), as PEM text; with `?auth_mechanism=external` in the
+   * URL, the client certificate is the login (SASL EXTERNAL).
+   * Default: the system's CAs, no client certificate.
+   */
+  tls?: TlsOptions;
   /** Requests the broker may hand over before the first is acked. Default: {@linkcode DEFAULT_PREFETCH}. */
   prefetch?: number;
   /**
@@ -78,6 +87,13 @@ export interface ClientOptions {
    * Default: `$AMQP_URL` (commas between URLs), else `amqp://localhost`.
    */
   url?: string | string[];
+  /**
+   * TLS for `amqps://` URLs: a private CA, a client certificate and key
+   * (mutual TLS), as PEM text; with `?auth_mechanism=external` in the
+   * URL, the client certificate is the login (SASL EXTERNAL).
+   * Default: the system's CAs, no client certificate.
+   */
+  tls?: TlsOptions;
   /** Deadline of each call in ms, unless the call sets its own. Default: {@linkcode DEFAULT_TIMEOUT_MS} (30 s). */
   timeout?: number;
   /**

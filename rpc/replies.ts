@@ -19,6 +19,7 @@ import type {
 import { ignoreError, openConnection, within } from "./connection.ts";
 import { BadRequestError } from "./errors.ts";
 import type { RateLimitedLog } from "./log.ts";
+import type { TlsOptions } from "./_tls.ts";
 import type { ProcessSpan } from "./tracing.ts";
 
 /** How long a finished request waits for a lost reply connection to come back, in ms. */
@@ -55,12 +56,13 @@ export class ReplySender {
     this.#log = log;
   }
 
-  /** Connects to the first of `urls` that answers; fails with one line if none does. `blocked` hears resource alarms. */
+  /** Connects to the first of `urls` that answers (over `tls` for amqps://); fails with one line if none does. `blocked` hears resource alarms. */
   static async open(
     urls: readonly URL[],
     name: string,
     log: RateLimitedLog,
     blocked: (reason: string | undefined) => void,
+    tls?: TlsOptions,
   ): Promise<ReplySender> {
     const sender = new ReplySender(log);
     sender.#connection = await openConnection(urls, {
@@ -68,6 +70,7 @@ export class ReplySender {
       setup: (model) => sender.#openChannel(model),
       log: (line) => log.write(`${line} (reply connection)`),
       blocked,
+      tls,
     });
     return sender;
   }

@@ -110,6 +110,7 @@ export class RpcServer implements AsyncDisposable {
       `${server.connectionName} replies`,
       server.#log,
       (reason) => server.#onBlocked("replies", reason),
+      options.tls,
     );
     try {
       server.#requests = await openConnection(server.#urls, {
@@ -117,6 +118,7 @@ export class RpcServer implements AsyncDisposable {
         setup: (model) => server.#consume(model),
         log: (line) => server.#log.write(line),
         blocked: (reason) => server.#onBlocked("requests", reason),
+        tls: options.tls,
       });
     } catch (error) {
       await server.#replies.close().catch(ignoreError);

@@ -12,6 +12,7 @@ import type {
   Message,
   Options,
 } from "npm:amqplib@2.3.1";
+import { type Backoff, backoffDelay } from "./_backoff.ts";
 import { ignoreError } from "./connection.ts";
 
 /** RabbitMQ's direct reply-to pseudo-queue: replies come straight to the consuming channel. */
@@ -19,8 +20,11 @@ const DIRECT_REPLY_TO = "amq.rabbitmq.reply-to";
 
 /** Refusals in a row, with no request taken between them, after which requests go out on a fresh channel. */
 const REFUSALS_BEFORE_NEW_CHANNEL = 3;
-/** The least time between two fresh publishing channels, in ms. */
-const NEW_CHANNEL_INTERVAL_MS = 1_000;
+/**
+ * The least time between two fresh publishing channels: 1 s, doubling
+ * (up to 30 s) while the fresh ones are refused too (a full queue).
+ */
+const NEW_CHANNEL_BACKOFF: Backoff = { first: 1_000, max: 30_000, jitter: 0 };
 
 /** What a session tells its client. */
 export interface SessionEvents {
@@ -41,6 +45,10 @@ export interface SessionEvents {
  *
  * @example
  * ```ts
+ * import amqp from "npm:amqplib@2.3.1";
+ * import { Buffer } from "node:buffer";
+ * const model = await amqp.connect("amqp://localhost");
+ * const events = { onReply: console.log, onReturn: console.log, onClosed: console.log };
  * const session = await Session.open(model, "exclusive", events);
  * const deadline = Date.now() + 5_000;
  * session.publish("rpc_queue", Buffer.from("30"), { replyTo: session.callbackQueue }, deadline, console.log);
@@ -60,6 +68,8 @@ export class Session {
   /** Channels that publish no more, closed by us; their "close" means nothing. */
   readonly #retired = new WeakSet<ConfirmChannel>();
   #refusalsInARow = 0;
+  /** Fresh publishing channels in a row with no request taken in between. */
+  #freshInARow = 0;
   #publisherSince = Date.now();
   #replacing = false;
 
@@ -122,7 +132,7 @@ export class Session {
     if (deadline > this.#lastDeadline) this.#lastDeadline = deadline;
     channel.sendToQueue(queue, body, options, (error) => {
       if (!error) {
-        if (channel === this.#publisher) this.#refusalsInARow = 0;
+        if (channel === this.#publisher) this.#refusalsInARow = this.#freshInARow = 0;
         return confirm(undefined);
       }
       if (error.message !== "channel closed" && channel === this.#publisher) this.#refused();
@@ -136,13 +146,15 @@ export class Session {
    * published to it, just after a cluster node died, and then the broker
    * refuses every later publish on this channel. A fresh channel cures
    * that; a full queue it does not, so a fresh one is taken only after a
-   * few refusals in a row, at most once a second, and the calls in flight
-   * lose nothing: replies still come to the same place.
+   * few refusals in a row, at most once a second (backing off while the
+   * fresh ones are refused too), and the calls in flight lose nothing:
+   * replies still come to the same place.
    */
   #refused(): void {
     this.#refusalsInARow++;
     if (this.#refusalsInARow < REFUSALS_BEFORE_NEW_CHANNEL || this.#replacing) return;
-    if (Date.now() - this.#publisherSince < NEW_CHANNEL_INTERVAL_MS) return;
+    const keepFor = backoffDelay(this.#freshInARow + 1, NEW_CHANNEL_BACKOFF);
+    if (Date.now() - this.#publisherSince < keepFor) return;
     this.#replacing = true;
     this.#newPublisher().catch(ignoreError).finally(() => this.#replacing = false);
   }
@@ -154,6 +166,7 @@ export class Session {
     await this.#listen(channel, this.#replyQueue === "direct");
     const [old, lastDeadline] = [this.#publisher, this.#lastDeadline];
     [this.#publisher, this.#publisherSince, this.#refusalsInARow] = [channel, Date.now(), 0];
+    this.#freshInARow++;
     this.#lastDeadline = 0;
     if (old === this.#first) return; // it consumes the replies
     if (this.#replyQueue === "exclusive") return this.#retire(old);

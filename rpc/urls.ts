@@ -8,34 +8,56 @@
 /** The broker URL when neither the options nor `$AMQP_URL` name one. */
 export const DEFAULT_URL = "amqp://localhost";
 
+/** Where a list of URLs splits: at a comma before a new `amqp://` or `amqps://`, and nowhere else. */
+const URL_LIST_SEPARATOR = /,(?=\s*amqps?:\/\/)/i;
+
 /**
  * Reads one or more broker URLs: a list, or one string with commas between
- * URLs (as `AMQP_URL` may hold). `what` names the source in the error.
+ * URLs (as `AMQP_URL` may hold). A list splits only where a new `amqp://`
+ * or `amqps://` begins, so a password may hold commas. `what` names the
+ * source in the error.
  *
  * @example
  * ```ts
  * parseBrokerUrls("amqp://a:5672,amqp://b:5672", "AMQP_URL").length; // 2
+ * parseBrokerUrls("amqp://guest:1234,5678@a", "AMQP_URL").length; // 1
  * ```
- * @throws {TypeError} one line naming the bad entry, with any password hidden.
+ * @throws {TypeError} one line naming the bad entry, showing no more of
+ *   it than its scheme and host, lest it hold a password.
  */
 export function parseBrokerUrls(value: string | readonly string[], what: string): URL[] {
-  const entries = (typeof value === "string" ? [value] : value).flatMap((entry) => entry.split(","))
+  const entries = (typeof value === "string" ? [value] : value)
+    .flatMap((entry) => entry.split(URL_LIST_SEPARATOR))
     .map((entry) => entry.trim());
-  if (entries.length === 0 || entries.some((entry) => entry === "")) {
+  const empty = (entry: string) => entry === "" || entry.startsWith(",") || entry.endsWith(",");
+  if (entries.length === 0 || entries.some(empty)) {
     throw new TypeError(`${what} must list one or more amqp:// URLs, separated by commas`);
   }
   return entries.map((entry, index) => {
     const url = URL.canParse(entry) ? new URL(entry) : undefined;
-    if (!url || !/^amqps?:$/.test(url.protocol) || !url.hostname) {
+    if (!url || !/^amqps?:$/.test(url.protocol) || !isClean(url)) {
       const which = entries.length > 1 ? ` (entry ${index + 1} of ${entries.length})` : "";
+      const amqp = !url || /^amqps?:$/.test(url.protocol);
+      const hint = amqp && entry.includes("@")
+        ? " (in a password, / ? # @ must be percent-encoded)"
+        : "";
       throw new TypeError(
-        `${what}${which} must be an amqp:// or amqps:// URL with a host, got "${
-          hidePassword(entry)
-        }"`,
+        `${what}${which} must be an amqp:// or amqps:// URL with a host${hint}, ` +
+          `got "${hidePassword(entry)}"`,
       );
     }
     return url;
   });
+}
+
+/**
+ * Whether a parsed URL is what its writer meant: it has a host, and no `@`
+ * after it nor any `#`, which are signs of a password that was not
+ * percent-encoded and now sits in the path, query or fragment.
+ */
+function isClean(url: URL): boolean {
+  return url.hostname !== "" && !url.hostname.includes(",") && url.hash === "" &&
+    !(url.pathname + url.search).includes("@");
 }
 
 /**
@@ -61,6 +83,7 @@ export function brokerUrls(option: string | readonly string[] | undefined): URL[
  * ```
  */
 export function redact(url: URL): string {
+  if (!isClean(url)) return hidePassword(url.href);
   if (!url.password) return url.href;
   const copy = new URL(url);
   copy.password = "***";
@@ -68,16 +91,25 @@ export function redact(url: URL): string {
 }
 
 /**
- * Text the user typed, fit to print: a URL's password becomes `***`; in
- * anything else, whatever lies between the first `:` and the last `@`
- * (where a mistyped URL keeps its password) does.
+ * Text the user typed, fit to print. Text in which no password can hide
+ * (no `@`) is shown as it is; a clean URL (see `isClean`) with its
+ * password replaced by `***`; anything else is hidden but for what comes
+ * before its first `:` (an option's name, a URL's scheme).
  *
  * @example
  * ```ts
- * hidePassword("amqp//guest:secret@host"); // "amqp//guest:***@host"
+ * hidePassword("amqp://guest:secret@host"); // "amqp://guest:***@host"
+ * hidePassword("amqp//guest:secret@host"); // "amqp//guest:…"
+ * hidePassword("amqp://guest:se/cret@host"); // "amqp://…"
  * ```
  */
 export function hidePassword(text: string): string {
-  if (URL.canParse(text) && new URL(text).password) return redact(new URL(text));
-  return text.replace(/:.*@/s, ":***@");
+  if (!text.includes("@")) return text; // a URL's password always comes before an @
+  if (URL.canParse(text)) {
+    const url = new URL(text);
+    if (isClean(url)) return url.password ? redact(url) : text;
+  }
+  const colon = text.indexOf(":");
+  if (colon < 0) return "…";
+  return text.slice(0, colon + 1) + (text.startsWith("//", colon + 1) ? "//…" : "…");
 }
