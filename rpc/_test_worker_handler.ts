@@ -7,6 +7,7 @@
  * - `spin-forever`: computes and never returns;
  * - `wait-for-abort`: waits until its signal aborts, then throws;
  * - `context`: replies with the context it got, as JSON;
+ * - `echo …`: replies with the request's bytes, as they came;
  * - `throw KIND`: throws a null-prototype object, a string, a symbol, a
  *   function, a TypeError, an RpcError or a BadRequestError;
  * - `return-object`: returns something that is not a reply;
@@ -57,7 +58,7 @@ const throws: Record<string, () => never> = {
 export default async function handler(
   request: Uint8Array,
   context: RequestContext,
-): Promise<string> {
+): Promise<Uint8Array | string> {
   const [what, argument] = new TextDecoder().decode(request).split(" ");
   if (what === "spin") {
     const start = Date.now();
@@ -69,12 +70,13 @@ export default async function handler(
     await new Promise((resolve) => context.signal.addEventListener("abort", resolve));
     throw context.signal.reason;
   }
+  if (what === "echo") return request;
   if (what === "context") {
     const { signal, ...fields } = context;
     return JSON.stringify({ ...fields, signal: signal instanceof AbortSignal });
   }
   if (what === "throw") throws[argument]();
-  if (what === "return-object") return {} as string;
+  if (what === "return-object") return {} as string; // not a reply, on purpose
   if (what === "crash") {
     setTimeout(() => {
       throw new Error("crashed on purpose");
