@@ -63,7 +63,14 @@ export function describeThrown(value: unknown): Thrown {
   }
 }
 
-/** A few words for a value that is not an Error. */
+/**
+ * A few words for a value that is not an Error (or a reply).
+ *
+ * @example
+ * ```ts
+ * describeValue(Symbol("odd")); // "Symbol(odd)"
+ * ```
+ */
 export function describeValue(value: unknown): string {
   if (typeof value === "string") {
     return JSON.stringify(value.length > 100 ? `${value.slice(0, 100)}…` : value);
@@ -82,7 +89,7 @@ export function describeValue(value: unknown): string {
  *
  * @example
  * ```ts
- * rebuildError({ name: "RpcError", code: "my-code", message: "no" }) instanceof RpcError; // true
+ * rebuildError({ name: "TypeError", message: "bad type" }).name; // "TypeError"
  * ```
  */
 export function rebuildError(thrown: Thrown): Error {
@@ -104,6 +111,11 @@ export function rebuildError(thrown: Thrown): Error {
 /**
  * The headers, without the values that cannot be cloned to a worker (a
  * rare case: amqplib decodes headers into plain data).
+ *
+ * @example
+ * ```ts
+ * cloneableHeaders({ tenant: "acme", callback: () => 1 }); // { tenant: "acme" }
+ * ```
  */
 export function cloneableHeaders(
   headers: Readonly<Record<string, unknown>>,
@@ -119,14 +131,30 @@ export function cloneableHeaders(
   return kept;
 }
 
-/** The module's URL as text: a URL as it is, a path resolved against the working directory. */
+/**
+ * The module's URL as text: a URL as it is, a path resolved against the
+ * working directory.
+ *
+ * @example
+ * ```ts
+ * moduleHref("/srv/handler.ts"); // "file:///srv/handler.ts"
+ * ```
+ */
 export function moduleHref(moduleUrl: URL | string): string {
   if (moduleUrl instanceof URL) return moduleUrl.href;
   if (/^[a-z][a-z\d+.-]+:/i.test(moduleUrl)) return new URL(moduleUrl).href;
   return pathToFileURL(moduleUrl).href;
 }
 
-/** The context's fields a worker gets (all but the signal), with defaults for those missing. */
+/**
+ * The context's fields a worker gets (all but the signal), with defaults
+ * for those missing.
+ *
+ * @example
+ * ```ts
+ * workerContext({ queue: "q" }).redelivered; // false
+ * ```
+ */
 export function workerContext(context: Partial<RequestContext>): WorkerContext {
   return {
     queue: context.queue ?? "",
@@ -138,7 +166,14 @@ export function workerContext(context: Partial<RequestContext>): WorkerContext {
   };
 }
 
-/** The first line of a message: module errors come with a stack. */
+/**
+ * The first line of a message: module errors come with a stack.
+ *
+ * @example
+ * ```ts
+ * firstLine("Module not found\n    at file:///a.ts:1:1"); // "Module not found"
+ * ```
+ */
 export function firstLine(text: string): string {
   return text.split("\n", 1)[0].trim();
 }

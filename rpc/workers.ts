@@ -170,11 +170,7 @@ export class WorkerPool implements AsyncDisposable {
     try {
       await Promise.all(loads);
     } catch (error) {
-      pool.#closed = true;
-      for (const slot of pool.#slots) {
-        slot.state = "dead"; // before terminate(), whose exit event may come at once
-        slot.worker.terminate();
-      }
+      await pool.close();
       throw error;
     }
     return pool;
