@@ -7,6 +7,7 @@
  *
  * @module
  */
+import vm from "node:vm";
 import { parentPort } from "node:worker_threads";
 import type { Reply } from "./replies.ts";
 import type { RequestContext } from "./context.ts";
@@ -55,7 +56,7 @@ scope.addEventListener("unhandledrejection", (event) => {
 
 port.on("message", (data: ToWorker) => {
   if (data.type === "load") load(data.module);
-  else if (data.type === "call") run(data.id, data.request, data.context);
+  else if (data.type === "call") run(data.id, data.request, data.context, data.limit);
   else running.get(data.id)?.abort(rebuildError(data.reason));
 });
 
@@ -77,11 +78,17 @@ async function load(module: string): Promise<void> {
 }
 
 /** Runs the handler on one request and sends back its reply or what it threw. */
-async function run(id: number, request: Uint8Array, context: WorkerContext): Promise<void> {
+async function run(
+  id: number,
+  request: Uint8Array,
+  context: WorkerContext,
+  limit?: number,
+): Promise<void> {
   const controller = new AbortController();
   running.set(id, controller);
   try {
-    const reply = await handler!(request, { ...context, signal: controller.signal });
+    const call = () => handler!(request, { ...context, signal: controller.signal });
+    const reply = await (limit === undefined ? call() : withinLimit(call, limit));
     if (typeof reply !== "string" && !(reply instanceof Uint8Array)) {
       throw new TypeError(
         `the handler returned ${describeValue(reply)}, not a reply (bytes or text)`,
@@ -92,5 +99,30 @@ async function run(id: number, request: Uint8Array, context: WorkerContext): Pro
     post({ type: "failed", id, error: describeThrown(error) });
   } finally {
     running.delete(id);
+  }
+}
+
+/** Calls the handler through `callScript`, whose timeout V8 enforces even on code that never yields. */
+const callScript = new vm.Script("globalThis[Symbol.for('rpc.workers.call')]()");
+const CALL = Symbol.for("rpc.workers.call");
+
+/**
+ * Runs `call`, stopping its synchronous part (where code that never
+ * yields spends its time) after `limit` ms: V8 interrupts it, which a
+ * worker's `terminate()` cannot do in Deno 2.9.
+ */
+function withinLimit(call: () => Reply | Promise<Reply>, limit: number): Reply | Promise<Reply> {
+  const scope = globalThis as Record<symbol, unknown>;
+  scope[CALL] = call;
+  try {
+    return callScript.runInThisContext({ timeout: Math.max(1, Math.round(limit)) });
+  } catch (error) {
+    if ((error as { code?: unknown }).code !== "ERR_SCRIPT_EXECUTION_TIMEOUT") throw error;
+    throw new DOMException(
+      `the handler computed for ${Math.round(limit)} ms without yielding, past its time: stopped`,
+      "TimeoutError",
+    );
+  } finally {
+    delete scope[CALL];
   }
 }

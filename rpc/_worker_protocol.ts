@@ -10,6 +10,7 @@ import { pathToFileURL } from "node:url";
 import type { RequestContext } from "./context.ts";
 import { BadRequestError, RpcError } from "./errors.ts";
 import type { Reply } from "./replies.ts";
+import type { Worker } from "node:worker_threads";
 
 /** What the worker gets of a request's context: all but the signal, which it gets its own of. */
 export type WorkerContext = Omit<RequestContext, "signal">;
@@ -17,10 +18,13 @@ export type WorkerContext = Omit<RequestContext, "signal">;
 /** A thrown value, as it crosses to the other thread. */
 export type Thrown = { name: string; message: string; code?: string; stack?: string };
 
-/** Pool to worker: load the handler module; run a call; abort a call. */
+/**
+ * Pool to worker: load the handler module; run a call (`limit`: ms its
+ * synchronous part may compute); abort a call.
+ */
 export type ToWorker =
   | { type: "load"; module: string }
-  | { type: "call"; id: number; request: Uint8Array; context: WorkerContext }
+  | { type: "call"; id: number; request: Uint8Array; context: WorkerContext; limit?: number }
   | { type: "abort"; id: number; reason: Thrown };
 
 /**
@@ -176,4 +180,41 @@ export function workerContext(context: Partial<RequestContext>): WorkerContext {
  */
 export function firstLine(text: string): string {
   return text.split("\n", 1)[0].trim();
+}
+
+/** One call: queued, then running in a worker. */
+export type Job = {
+  id: number;
+  request: Uint8Array;
+  context: WorkerContext;
+  signal?: AbortSignal;
+  resolve: (reply: Reply) => void;
+  reject: (error: unknown) => void;
+  /** How long its synchronous part may compute, in ms, if it has a deadline. */
+  limit?: number;
+  /** Answered, failed or aborted already. */
+  settled: boolean;
+  onAbort?: () => void;
+};
+
+/** One worker, and the call it runs. */
+export type Slot = {
+  worker: Worker;
+  state: "loading" | "idle" | "busy" | "dead";
+  job?: Job;
+  /** Set while a worker whose call was aborted gets its grace. */
+  graceTimer?: ReturnType<typeof setTimeout>;
+};
+
+/**
+ * Whether a worker runs, or may soon.
+ *
+ * @example
+ * ```ts
+ * declare const slots: Slot[];
+ * slots.filter(isLive).length; // the workers running or loading
+ * ```
+ */
+export function isLive(slot: Slot): boolean {
+  return slot.state !== "dead";
 }

@@ -15,8 +15,11 @@ import {
   describeThrown,
   firstLine,
   type FromWorker,
+  isLive,
+  type Job,
   moduleHref,
   rebuildError,
+  type Slot,
   type ToWorker,
   type WorkerContext,
   workerContext,
@@ -57,6 +60,16 @@ export interface WorkerPoolOptions {
    */
   abortGrace?: number;
   /**
+   * The longest, in ms, a call may compute without yielding: V8 stops it
+   * then, and the call fails with a `TimeoutError`. A call whose context
+   * has a `deadline` is also stopped `abortGrace / 2` ms after it. Set it
+   * to the server's `handlerTimeout`. Only the handler's synchronous part
+   * (up to its first `await`) can be stopped so.
+   *
+   * @default {undefined} (none but the deadline)
+   */
+  timeLimit?: number;
+  /**
    * Where the pool's log lines go (a worker replaced, and why); `null`
    * silences them.
    *
@@ -64,28 +77,6 @@ export interface WorkerPoolOptions {
    */
   log?: ((line: string) => void) | null;
 }
-
-/** One call: queued, then running in a worker. */
-type Job = {
-  id: number;
-  request: Uint8Array;
-  context: WorkerContext;
-  signal?: AbortSignal;
-  resolve: (reply: Reply) => void;
-  reject: (error: unknown) => void;
-  /** Answered, failed or aborted already. */
-  settled: boolean;
-  onAbort?: () => void;
-};
-
-/** One worker, and the call it runs. */
-type Slot = {
-  worker: Worker;
-  state: "loading" | "idle" | "busy" | "dead";
-  job?: Job;
-  /** Set while a worker whose call was aborted gets its grace. */
-  graceTimer?: ReturnType<typeof setTimeout>;
-};
 
 /**
  * A pool of Deno Workers that run a handler module's function off the
@@ -128,6 +119,7 @@ export class WorkerPool implements AsyncDisposable {
   readonly handler: (request: Uint8Array, context?: Partial<RequestContext>) => Promise<Reply>;
 
   readonly #abortGrace: number;
+  readonly #timeLimit?: number;
   readonly #log: ((line: string) => void) | null;
   readonly #slots: Slot[] = [];
   readonly #queue: Job[] = [];
@@ -149,6 +141,7 @@ export class WorkerPool implements AsyncDisposable {
     if (!(this.#abortGrace >= 0)) {
       throw new RangeError(`abortGrace must be 0 ms or more, got ${options.abortGrace}`);
     }
+    this.#timeLimit = options.timeLimit;
     this.#log = options.log === undefined ? console.log : options.log;
     this.handler = (request, context) => this.#handle(request, context ?? {});
   }
@@ -266,6 +259,15 @@ export class WorkerPool implements AsyncDisposable {
     return promise;
   }
 
+  /** How long a call starting now may compute without yielding, if anything limits it. */
+  #limit(deadline: number | undefined): number | undefined {
+    const untilDeadline = deadline === undefined
+      ? Infinity
+      : deadline - Date.now() + this.#abortGrace / 2;
+    const limit = Math.min(untilDeadline, this.#timeLimit ?? Infinity);
+    return limit === Infinity ? undefined : Math.max(1, limit);
+  }
+
   /** Hands waiting calls to idle workers. */
   #dispatch(): void {
     for (const slot of this.#slots) {
@@ -282,9 +284,10 @@ export class WorkerPool implements AsyncDisposable {
   #send(slot: Slot, job: Job): void {
     slot.state = "busy";
     slot.job = job;
+    job.limit = this.#limit(job.context.deadline);
     const post = (context: WorkerContext) => {
       const request = new Uint8Array(job.request);
-      const message: ToWorker = { type: "call", id: job.id, request, context };
+      const message: ToWorker = { type: "call", id: job.id, request, context, limit: job.limit };
       slot.worker.postMessage(message, [request.buffer]);
     };
     try {
@@ -389,9 +392,4 @@ export class WorkerPool implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
-}
-
-/** Whether a worker runs, or may soon. */
-function isLive(slot: Slot): boolean {
-  return slot.state !== "dead";
 }

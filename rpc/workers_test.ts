@@ -97,20 +97,69 @@ Deno.test("a handler that computes for 20 s without yielding, in a worker, answe
   assert.equal(server.answered, 1);
 });
 
-Deno.test("a handler that never yields is terminated when its caller's signal aborts, and a new worker answers the next call", async () => {
+/** This process's worker threads, on Linux (where each is a thread named `worker-N`). */
+function workerThreads(): number {
+  return [...Deno.readDirSync("/proc/self/task")]
+    .filter((task) =>
+      Deno.readTextFileSync(`/proc/self/task/${task.name}/comm`).startsWith("worker")
+    )
+    .length;
+}
+
+Deno.test("a handler that does not yield when its caller's signal aborts loses its worker, and a new worker answers the next call", async () => {
   const logged: string[] = [];
   await using pool = await startPool(1, { abortGrace: 500, logged });
   const controller = new AbortController();
   const reason = new Error("the caller gave up");
-  const running = run(pool, "spin-forever", controller.signal);
+  // 4 s without yielding, and no deadline: nothing can stop it (Deno 2.9's terminate() cannot).
+  const running = run(pool, "spin 4000", controller.signal);
   await delay(300); // the worker is spinning by now
   controller.abort(reason);
   await assert.rejects(running, (error) => error === reason);
   await waitFor("the worker replaced", () => pool.replaced === 1);
   assert.match(text(await run(pool, "hello")), /^worker \w+$/);
+  if (Deno.build.os === "linux") {
+    await waitFor(
+      "the abandoned thread gone, once its handler returns",
+      () => workerThreads() === 1,
+    );
+  }
   assert.deepEqual(logged, [
     " [!] A handler's worker stopped (its handler did not return within 500 ms of being aborted); starting another",
   ]);
+});
+
+Deno.test("a handler that never yields is stopped past its caller's deadline, in its worker, which answers the next call", async () => {
+  await using pool = await startPool(1, { abortGrace: 1_000 });
+  const first = text(await run(pool, "hello"));
+  const started = Date.now();
+  const context = { deadline: Date.now() + 500, signal: AbortSignal.timeout(500) };
+  await assert.rejects(pool.handler(encoder.encode("spin-forever"), context), {
+    name: "TimeoutError",
+  });
+  assert.ok(Date.now() - started < 5_000);
+  // The caller is answered at its deadline; V8 stops the loop abortGrace / 2 later.
+  assert.equal(text(await run(pool, "hello")), first, "the same worker");
+  assert.equal(pool.replaced, 0);
+  if (Deno.build.os === "linux") assert.equal(workerThreads(), 1, "no thread left spinning");
+  // Without a signal, the worker's own stop says why.
+  await assert.rejects(
+    pool.handler(encoder.encode("spin-forever"), { deadline: Date.now() + 200 }),
+    {
+      name: "TimeoutError",
+      message: "the handler computed for 700 ms without yielding, past its time: stopped",
+    },
+  );
+});
+
+Deno.test("timeLimit stops a handler that computes too long without yielding, and the worker goes on", async () => {
+  await using pool = await WorkerPool.start(HANDLER, { workers: 1, timeLimit: 300, log: null });
+  await assert.rejects(run(pool, "spin-forever"), {
+    name: "TimeoutError",
+    message: "the handler computed for 300 ms without yielding, past its time: stopped",
+  });
+  assert.match(text(await run(pool, "spin 100")), /^\w+ \d+ \d+$/);
+  assert.equal(pool.replaced, 0);
 });
 
 Deno.test("a handler that passes its signal on stops when its caller's aborts, and keeps its worker", async () => {
