@@ -86,12 +86,16 @@ export interface WorkerPoolOptions {
  * The handler module exports a default function (or one named `handler`)
  * `(request: Uint8Array, context) => Reply | Promise<Reply>`. It gets a
  * copy of the request's bytes and the context's fields, with a signal of
- * its own that aborts when the server's does. If the worker has not
- * returned `abortGrace` ms after that, the pool terminates it (a handler
- * that never yields cannot notice a signal) and starts another: a
- * runaway handler costs a worker, never the server. A worker that dies
- * (an uncaught error, `close()`, `Deno.exit()`) is replaced too; its call
- * fails with one line. Calls wait in the pool while every worker is busy.
+ * its own that aborts when the server's does. A handler that never
+ * yields cannot notice a signal: V8 stops it `abortGrace / 2` ms past
+ * the call's `deadline`, or at `timeLimit`, and the worker goes on. A
+ * worker that has still not returned `abortGrace` ms after the signal is
+ * terminated and replaced: a runaway handler costs a worker, never the
+ * server (but Deno 2.9 cannot stop a thread that does not yield: it runs
+ * on until the handler returns; give calls a deadline or `timeLimit`). A
+ * worker that dies (an uncaught error, `close()`, `Deno.exit()`) is
+ * replaced too; its call fails with one line. Calls wait in the pool
+ * while every worker is busy.
  *
  * Workers inherit the permissions of the process (Deno's default); a
  * handler module on disk needs `--allow-read` for it and for this
