@@ -1,9 +1,8 @@
 /**
- * Handlers that compute: a pool of Deno Workers, each loading a handler
- * module, that runs requests off the server's event loop. A handler that
- * computes for seconds without yielding would otherwise stop the
- * connection's heartbeats, and the broker would drop the connection and
- * hand the request to another server, where the same would happen.
+ * Handlers that compute: a pool of workers, each loading a handler module,
+ * that runs requests off the server's event loop. A handler computing for
+ * seconds without yielding would otherwise stop the heartbeats: the broker
+ * drops the connection and hands the request to another server.
  *
  * @module
  */
@@ -27,9 +26,8 @@ import {
 
 /**
  * How long a worker whose call was aborted gets to return before it is
- * terminated and replaced, in ms: the `abortGrace` default. A handler
- * that passes its signal on stops well within it; one that never yields
- * cannot notice the signal at all.
+ * replaced, in ms: the `abortGrace` default. A handler that passes its
+ * signal on stops well within it; one that never yields cannot notice it.
  */
 export const DEFAULT_ABORT_GRACE_MS = 1_000;
 
@@ -146,6 +144,9 @@ export class WorkerPool implements AsyncDisposable {
       throw new RangeError(`abortGrace must be 0 ms or more, got ${options.abortGrace}`);
     }
     this.#timeLimit = options.timeLimit;
+    if (this.#timeLimit !== undefined && !(this.#timeLimit > 0)) {
+      throw new RangeError(`timeLimit must be more than 0 ms, got ${options.timeLimit}`);
+    }
     this.#log = options.log === undefined ? console.log : options.log;
     this.handler = (request, context) => this.#handle(request, context ?? {});
   }
@@ -156,7 +157,7 @@ export class WorkerPool implements AsyncDisposable {
    * exports no handler.
    *
    * @param moduleUrl The handler module: a URL (`new URL("./h.ts", import.meta.url)`), or a file path.
-   * @throws {RangeError} for a bad `workers` or `abortGrace`.
+   * @throws {RangeError} for a bad `workers`, `abortGrace` or `timeLimit`.
    */
   static async start(
     moduleUrl: URL | string,
@@ -372,10 +373,9 @@ export class WorkerPool implements AsyncDisposable {
   }
 
   /**
-   * Terminates every worker at once: waiting and running calls fail with
-   * "the worker pool is closed". Close the server first (it waits for its
-   * handlers), then the pool; `await using` does so when the pool is
-   * declared first. Safe to call twice.
+   * Terminates every worker: waiting and running calls fail ("the worker
+   * pool is closed"). Close the server first (it waits for its handlers):
+   * `await using` does, for a pool declared first. Safe to call twice.
    */
   close(): Promise<void> {
     this.#closed = true;

@@ -289,6 +289,7 @@ Deno.test("start() fails with one line for a module that is missing, throws as i
     });
   }
   await assert.rejects(WorkerPool.start(HANDLER, { workers: 0 }), RangeError);
+  await assert.rejects(WorkerPool.start(HANDLER, { timeLimit: 0 }), RangeError);
 });
 
 Deno.test("the context reaches the worker, with a signal of its own; the request's bytes arrive exactly", async () => {
