@@ -53,6 +53,7 @@ export {
   type RpcErrorCode,
 } from "./errors.ts";
 export type { RequestContext } from "./context.ts";
+export { DEFAULT_ABORT_GRACE_MS, WorkerPool, type WorkerPoolOptions } from "./workers.ts";
 export { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 export {
   DEFAULT_QUEUE,
