@@ -52,6 +52,15 @@ export {
   type RpcErrorCode,
 } from "./errors.ts";
 export type { RequestContext } from "./context.ts";
+export {
+  JSON_CONTENT_TYPE,
+  type Procedure,
+  procedure,
+  type ProcedureHandler,
+  type ProcedureSchemas,
+  type ProcedureServerOptions,
+  type StandardSchemaV1,
+} from "./procedure.ts";
 export { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 export {
   DEFAULT_QUEUE,
