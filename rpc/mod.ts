@@ -53,6 +53,13 @@ export {
 } from "./errors.ts";
 export type { RequestContext } from "./context.ts";
 export {
+  HEALTH_PATH,
+  type HealthEndpoint,
+  type HealthOptions,
+  serveHealth,
+  type ServerHealth,
+} from "./health.ts";
+export {
   JSON_CONTENT_TYPE,
   type Procedure,
   procedure,

@@ -13,6 +13,7 @@ import type {
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
 import type { RequestContext } from "./context.ts";
+import type { ServerHealth } from "./health.ts";
 import { ignoreError, openConnection } from "./connection.ts";
 import { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 import { BadRequestError } from "./errors.ts";
@@ -155,6 +156,12 @@ export class RpcServer implements AsyncDisposable {
     options?: ProcedureServerOptions,
   ): Promise<RpcServer> {
     return serveProcedure(procedure, handler, options);
+  }
+
+  /** Whether it is connected and consuming, or closing: see rpc/health.ts. */
+  health(): ServerHealth {
+    const connected = this.#consumer !== undefined;
+    return { connected, consuming: connected && !this.#stopping, closing: this.#stopping };
   }
 
   /** Requests answered so far: results and error replies. */
