@@ -66,8 +66,20 @@ export {
   type ProcedureHandler,
   type ProcedureSchemas,
   type ProcedureServerOptions,
-  type StandardSchemaV1,
+  type SchemaInput,
+  type SchemaOutput,
 } from "./procedure.ts";
+export type {
+  InferInput,
+  InferOutput,
+  StandardFailure,
+  StandardIssue,
+  StandardResult,
+  StandardSchemaProps,
+  StandardSchemaV1,
+  StandardSuccess,
+  StandardTypes,
+} from "./_standard_schema.ts";
 export { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 export {
   DEFAULT_QUEUE,

@@ -12,8 +12,8 @@
  * (`client.call`, `RpcServer.start`) is unchanged beside it.
  *
  * @example A "sum" service and its caller, with a zod contract
- * ```ts ignore
- * import { z } from "npm:zod@4.1.12";
+ * ```ts
+ * import { z } from "npm:zod@4.6.7";
  * import { procedure, RpcClient, RpcServer } from "./mod.ts";
  *
  * const sum = procedure("sum", {
@@ -40,8 +40,6 @@ import {
 } from "./_standard_schema.ts";
 import type { RpcClient } from "./client.ts";
 import { RpcServer } from "./server.ts";
-
-export type { StandardSchemaV1 } from "./_standard_schema.ts";
 
 /** The `content_type` of a procedure's requests and replies. */
 export const JSON_CONTENT_TYPE = "application/json";
@@ -82,10 +80,25 @@ export interface ProcedureSchemas<
   reply?: ReplySchema;
 }
 
-/** The type a schema gives, or `unknown` without one. */
-type Out<Schema> = Schema extends StandardSchemaV1 ? InferOutput<Schema> : unknown;
-/** The type a schema takes, or `unknown` without one. */
-type In<Schema> = Schema extends StandardSchemaV1 ? InferInput<Schema> : unknown;
+/**
+ * The type a schema gives, or `unknown` without one.
+ *
+ * @example
+ * ```ts
+ * type Nothing = SchemaOutput<undefined>; // unknown
+ * ```
+ */
+export type SchemaOutput<Schema> = Schema extends StandardSchemaV1 ? InferOutput<Schema> : unknown;
+
+/**
+ * The type a schema takes, or `unknown` without one.
+ *
+ * @example
+ * ```ts
+ * type Nothing = SchemaInput<undefined>; // unknown
+ * ```
+ */
+export type SchemaInput<Schema> = Schema extends StandardSchemaV1 ? InferInput<Schema> : unknown;
 
 /**
  * Defines a procedure: with schemas, checked at run time and typed from
@@ -94,6 +107,8 @@ type In<Schema> = Schema extends StandardSchemaV1 ? InferInput<Schema> : unknown
  *
  * @example
  * ```ts
+ * import { procedure, type StandardSchemaV1 } from "./mod.ts";
+ *
  * const echo = procedure<{ text: string }, { text: string }>("echo");
  * const positive: StandardSchemaV1<number> = {
  *   "~standard": {
@@ -107,13 +122,27 @@ type In<Schema> = Schema extends StandardSchemaV1 ? InferInput<Schema> : unknown
  * ```
  */
 export function procedure<Request, Reply>(queue: string): Procedure<Request, Reply>;
+/**
+ * Defines a procedure whose requests and replies `schemas` check, typed
+ * from them (either may be left out: `unknown`, unchecked).
+ *
+ * @example
+ * ```ts
+ * const anything = procedure("anything", {});
+ * ```
+ */
 export function procedure<
   RequestSchema extends StandardSchemaV1 | undefined = undefined,
   ReplySchema extends StandardSchemaV1 | undefined = undefined,
 >(
   queue: string,
   schemas: ProcedureSchemas<RequestSchema, ReplySchema>,
-): Procedure<Out<RequestSchema>, Out<ReplySchema>, In<RequestSchema>, In<ReplySchema>>;
+): Procedure<
+  SchemaOutput<RequestSchema>,
+  SchemaOutput<ReplySchema>,
+  SchemaInput<RequestSchema>,
+  SchemaInput<ReplySchema>
+>;
 export function procedure(
   queue: string,
   schemas: ProcedureSchemas<StandardSchemaV1 | undefined, StandardSchemaV1 | undefined> = {},

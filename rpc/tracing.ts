@@ -29,7 +29,7 @@ import {
 import { errorType, type Measure, startMeasure } from "./metrics.ts";
 
 /**
- * The tracer's name: the package's (deno.json).
+ * The tracer's name: the package's (rpc/deno.json).
  *
  * @example
  * ```ts
@@ -39,7 +39,7 @@ import { errorType, type Measure, startMeasure } from "./metrics.ts";
 export const TRACER_NAME = "@amqp-rpc/rpc";
 
 /**
- * The tracer's version: the package's, as in deno.json (a test checks it).
+ * The tracer's version: the package's, as in rpc/deno.json (a test checks it).
  *
  * @example
  * ```ts
