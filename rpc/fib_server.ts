@@ -39,8 +39,10 @@ Options:
                    as today's tutorials declare it) or "classic" (non-durable,
                    as older copies and amqplib's bundled examples do)
   --no-skip-late   compute requests whose caller's deadline has passed
-  --health-port P  serve GET /healthz on 127.0.0.1:P (200 while consuming,
+  --health-port P  serve GET /healthz on port P (200 while consuming,
                    503 while reconnecting or closing)
+  --health-host H  the address it listens on (default: 127.0.0.1; 0.0.0.0
+                   for probes from outside, such as Kubernetes' kubelet)
   --quiet          do not log each request
   -h, --help       show this help
 
@@ -50,7 +52,7 @@ Exit status: 0 after SIGINT or SIGTERM, 1 if no broker answers (or
 /** Reads the command line into server options; throws a one-line UsageError on bad input. */
 function readCommandLine(
   args: string[],
-): FibonacciServerOptions & { healthPort?: number } | "help" {
+): FibonacciServerOptions & { healthPort?: number; healthHost?: string } | "help" {
   const { values } = parseCommandLine(args, {
     url: { type: "string", multiple: true },
     queue: { type: "string" },
@@ -58,6 +60,7 @@ function readCommandLine(
     "queue-type": { type: "string" },
     "no-skip-late": { type: "boolean" },
     "health-port": { type: "string" },
+    "health-host": { type: "string" },
     quiet: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
@@ -85,6 +88,7 @@ function readCommandLine(
       (port) => port >= 1 && port <= 65535,
       "a TCP port from 1 to 65535",
     ),
+    healthHost: values["health-host"] as string | undefined,
   };
 }
 
@@ -122,15 +126,20 @@ function stopOnSignals(
 
 /** Runs the server with these command-line arguments. */
 export async function main(args: string[]): Promise<void> {
-  const { healthPort, ...options } = readOrExit("fib_server", args, readCommandLine, USAGE);
+  const { healthPort, healthHost, ...options } = readOrExit(
+    "fib_server",
+    args,
+    readCommandLine,
+    USAGE,
+  );
   const starting = FibonacciRpcServer.start(options);
   let health: HealthEndpoint | undefined;
   stopOnSignals(starting, () => health);
   try {
     const server = await starting;
     if (healthPort !== undefined) {
-      health = serveHealth(server, { port: healthPort });
-      console.log(` [x] Health: http://127.0.0.1:${health.port}/healthz`);
+      health = serveHealth(server, { port: healthPort, hostname: healthHost });
+      console.log(` [x] Health: http://${healthHost ?? "127.0.0.1"}:${health.port}/healthz`);
     }
   } catch (error) {
     fail("fib_server", error);
