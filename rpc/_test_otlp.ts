@@ -127,7 +127,6 @@ export function startReceiver() {
       OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
       OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${server.addr.port}`,
       OTEL_SERVICE_NAME: service,
-      OTEL_METRIC_EXPORT_INTERVAL: "500",
     }),
     named: (name: string) => spans.filter((span) => span.name === name),
     /** The data points of the metric named `name`. */

@@ -206,6 +206,9 @@ function typesFlowFromTheSchemas(client: RpcClient, sum: ReturnType<typeof sumCo
   RpcServer.serve(sum, () => ({ sum: 1 }));
   // @ts-expect-error: the handler gets { numbers: number[] }
   RpcServer.serve(sum, (request: { numbers: string[] }) => ({ total: request.numbers.length }));
+  const greet = procedure("greet", { request: v.object({ name: v.string() }) });
+  // @ts-expect-error: name is a string (valibot)
+  client.invoke(greet, { name: 1 });
   const typed: Procedure<{ n: number }, string> = procedure<{ n: number }, string>("q");
   // @ts-expect-error: n is a number
   client.invoke(typed, { n: "1" });
