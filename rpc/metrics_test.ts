@@ -87,7 +87,9 @@ Deno.test("with an SDK's meter provider and tracing off, the spans' ends are mea
 async function runClient(args: string[], env: Record<string, string>) {
   await using client = spawnDeno(["run", "-A", FIB_CLIENT, ...args], { env });
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<undefined>((resolve) => timer = setTimeout(resolve, 20_000));
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), 20_000);
+  });
   const status = await Promise.race([client.status, late]).finally(() => clearTimeout(timer));
   assert.ok(status, `fib_client ${args.join(" ")} did not exit within 20 s: ${client.stderr}`);
   return { code: status.code, stdout: client.stdout, stderr: client.stderr };
