@@ -174,6 +174,27 @@ Deno.test("valibot: defaults and transforms apply on the side that reads", async
   assert.equal(await client.invoke(greet, { name: "ada", excited: true }), "hello ada!".length);
 });
 
+Deno.test("an async schema (valibot's objectAsync) is awaited on both sides", async () => {
+  await using broker = await openBroker();
+  const even = v.pipeAsync(v.number(), v.checkAsync(async (n) => (await n) % 2 === 0, "odd"));
+  const halve = procedure(broker.queue, {
+    request: v.objectAsync({ n: even }),
+    reply: v.objectAsync({ half: v.number() }),
+  });
+  await using _server = await RpcServer.serve(halve, ({ n }) => ({ half: n / 2 }), {
+    url: BROKER_URL,
+    ...quiet,
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL, timeout: 10_000 });
+  assert.deepEqual(await client.invoke(halve, { n: 8 }), { half: 4 });
+  await rejectsWith(client.invoke(halve, { n: 7 }), "bad-request", /invalid request: n: odd$/);
+  await rejectsWith(
+    client.call(broker.queue, '{"n": 7}'),
+    "bad-request",
+    /invalid request: n: odd$/,
+  );
+});
+
 Deno.test("procedure<Request, Reply>(queue): typed JSON without run-time checks", async () => {
   await using broker = await openBroker();
   const echo = procedure<{ text: string }, { text: string; length: number }>(broker.queue);
