@@ -186,6 +186,15 @@ function toJson(value: unknown): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(value) ?? "null");
 }
 
+/** JSON bytes (UTF-8) as a value; on failure throws what `refuse` makes of the parser's word. */
+function fromJson(bytes: Uint8Array, refuse: (why: string, cause: unknown) => Error): unknown {
+  try {
+    return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch (cause) {
+    throw refuse((cause as Error).message, cause);
+  }
+}
+
 /** An RpcError with a cause. */
 function rpcError(code: string, message: string, cause?: unknown): RpcError {
   const error = new RpcError(code, message);
@@ -211,14 +220,10 @@ export function serveProcedure<Request, Reply, RequestInput, ReplyInput>(
     queue: contract.queue,
     contentType: JSON_CONTENT_TYPE,
     handler: async (bytes, context) => {
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-      } catch (cause) {
-        throw new BadRequestError(`the request is not JSON: ${(cause as Error).message}`, {
-          cause,
-        });
-      }
+      const parsed = fromJson(
+        bytes,
+        (why, cause) => new BadRequestError(`the request is not JSON: ${why}`, { cause }),
+      );
       const value = requestSchema
         ? await check(
           requestSchema,
@@ -272,16 +277,10 @@ export async function invokeProcedure<Request, Reply, RequestInput, ReplyInput>(
     ...options,
     contentType: JSON_CONTENT_TYPE,
   });
-  let reply: unknown;
-  try {
-    reply = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-  } catch (cause) {
-    throw rpcError(
-      "bad-reply",
-      `${label}: the reply is not JSON: ${(cause as Error).message}`,
-      cause,
-    );
-  }
+  const reply = fromJson(
+    bytes,
+    (why, cause) => rpcError("bad-reply", `${label}: the reply is not JSON: ${why}`, cause),
+  );
   if (!contract.reply) return reply as Reply;
   return await check(
     contract.reply,
