@@ -82,6 +82,8 @@ export interface SpawnOptions {
   stdin?: "null" | "piped";
   /** What disposal sends it if it still runs (SIGKILL 5 s later if that does not end it); default SIGKILL. */
   disposeSignal?: Deno.Signal;
+  /** Its working directory; default the repository's root. */
+  cwd?: string | URL;
 }
 
 /** Collects a stream's text as it arrives: `text()` is what has come so far. */
@@ -100,11 +102,11 @@ function collectText(stream: ReadableStream<Uint8Array>) {
 export function spawnCommand(
   program: string,
   args: string[],
-  { env, stdin = "null", disposeSignal = "SIGKILL" }: SpawnOptions = {},
+  { env, stdin = "null", disposeSignal = "SIGKILL", cwd = ROOT }: SpawnOptions = {},
 ) {
   const child = new Deno.Command(program, {
     args,
-    cwd: ROOT,
+    cwd,
     env,
     stdin,
     stdout: "piped",

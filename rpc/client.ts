@@ -28,6 +28,7 @@ import { RateLimitedLog } from "./log.ts";
 import { type PendingCall, PendingCalls, readReply } from "./pending.ts";
 import { Session } from "./session.ts";
 import { startCallSpan } from "./tracing.ts";
+import { invokeProcedure, type Procedure } from "./procedure.ts";
 import { brokerUrls } from "./urls.ts";
 
 /** Waits before a refused request goes out again with `retry`: 50 ms, doubling up to 1 s. */
@@ -155,6 +156,7 @@ export class RpcClient implements AsyncDisposable {
         request: typeof request === "string"
           ? Buffer.from(request)
           : Buffer.from(request.buffer, request.byteOffset, request.byteLength),
+        contentType: options.contentType,
         correlationId,
         traceHeaders: span?.headers,
         deadline: Date.now() + timeout,
@@ -170,6 +172,28 @@ export class RpcClient implements AsyncDisposable {
       this.#pending.add(call, options.signal); // before publishing: no reply can outrun it
       this.#send(call);
     });
+  }
+
+  /**
+   * Calls a {@linkcode Procedure}: the request checked against its schema
+   * (`bad-request`, unsent, if invalid) and sent as JSON; resolves to the
+   * reply, read as JSON and checked (`bad-reply` if it breaks the contract).
+   *
+   * @example
+   * ```ts
+   * import { procedure, RpcClient } from "./mod.ts";
+   *
+   * const sum = procedure<{ numbers: number[] }, { total: number }>("sum");
+   * await using client = await RpcClient.connect();
+   * const { total } = await client.invoke(sum, { numbers: [1, 2] }, { timeout: 5_000 });
+   * ```
+   */
+  invoke<Req, Res, ReqIn, ResIn>(
+    procedure: Procedure<Req, Res, ReqIn, ResIn>,
+    request: ReqIn,
+    options?: CallOptions,
+  ): Promise<Res> {
+    return invokeProcedure(this, procedure, request, options);
   }
 
   /** Publishes a call's request, with `reply_to`, `correlation_id` and its deadline. */
@@ -188,6 +212,7 @@ export class RpcClient implements AsyncDisposable {
         {
           replyTo: session.callbackQueue,
           correlationId: call.correlationId,
+          contentType: call.contentType,
           mandatory: true, // come back if no queue takes it
           expiration: String(Math.max(1, call.deadline - Date.now())), // nobody waits after this
           headers: { ...call.traceHeaders, [DEADLINE_HEADER]: call.deadline }, // servers skip what nobody awaits

@@ -27,6 +27,7 @@ import {
   wholeNumber,
 } from "./cli.ts";
 import { FibonacciRpcServer, type FibonacciServerOptions } from "./fibonacci.ts";
+import { type HealthEndpoint, serveHealth } from "./health.ts";
 import { DEFAULT_PREFETCH, isPrefetch, PREFETCH_RULE } from "./options.ts";
 
 const USAGE = `Usage: deno run --allow-net --allow-env rpc/fib_server.ts [options]
@@ -43,6 +44,10 @@ Options:
                    as today's tutorials declare it) or "classic" (non-durable,
                    as older copies and amqplib's bundled examples do)
   --no-skip-late   compute requests whose caller's deadline has passed
+  --health-port P  serve GET /healthz on port P (200 while consuming,
+                   503 while reconnecting or closing)
+  --health-host H  the address it listens on (default: 127.0.0.1; 0.0.0.0
+                   for probes from outside, such as Kubernetes' kubelet)
   --quiet          do not log each request
   -h, --help       show this help
 
@@ -52,13 +57,17 @@ Exit status: 0 after SIGINT or SIGTERM, 1 if no broker answers (or
 --allow-net is missing), 2 for a usage error.`;
 
 /** Reads the command line into server options; throws a one-line UsageError on bad input. */
-function readCommandLine(args: string[]): FibonacciServerOptions | "help" {
+function readCommandLine(
+  args: string[],
+): FibonacciServerOptions & { healthPort?: number; healthHost?: string } | "help" {
   const { values } = parseCommandLine(args, {
     url: { type: "string", multiple: true },
     queue: { type: "string" },
     prefetch: { type: "string" },
     "queue-type": { type: "string" },
     "no-skip-late": { type: "boolean" },
+    "health-port": { type: "string" },
+    "health-host": { type: "string" },
     quiet: { type: "boolean" },
     help: { type: "boolean", short: "h" },
     ...TLS_OPTIONS,
@@ -83,6 +92,13 @@ function readCommandLine(args: string[]): FibonacciServerOptions | "help" {
     ]),
     skipLate: !values["no-skip-late"],
     log: values.quiet ? null : console.log,
+    healthPort: values["health-port"] === undefined ? undefined : wholeNumber(
+      "--health-port",
+      values["health-port"] as string,
+      (port) => port >= 1 && port <= 65535,
+      "a TCP port from 1 to 65535",
+    ),
+    healthHost: values["health-host"] as string | undefined,
   };
 }
 
@@ -90,7 +106,10 @@ function readCommandLine(args: string[]): FibonacciServerOptions | "help" {
  * Shutdown: the first signal finishes the requests in progress; a second exits at once.
  * Listening starts before the server does, so a signal during startup exits cleanly too.
  */
-function stopOnSignals(starting: Promise<FibonacciRpcServer>): void {
+function stopOnSignals(
+  starting: Promise<FibonacciRpcServer>,
+  health: () => HealthEndpoint | undefined,
+): void {
   let started: FibonacciRpcServer | null = null;
   starting.then((server) => {
     started = server;
@@ -106,7 +125,8 @@ function stopOnSignals(starting: Promise<FibonacciRpcServer>): void {
       ` [x] ${signal}: finishing the request in progress (the others go back to the queue), then exiting`,
     );
     // Still connecting: nothing is in progress, and whatever was delivered goes back.
-    await started?.close();
+    await started?.close(); // meanwhile /healthz answers 503
+    await health()?.close();
     Deno.exit(0);
   };
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
@@ -116,11 +136,21 @@ function stopOnSignals(starting: Promise<FibonacciRpcServer>): void {
 
 /** Runs the server with these command-line arguments. */
 export async function main(args: string[]): Promise<void> {
-  const options = readOrExit("fib_server", args, readCommandLine, USAGE);
+  const { healthPort, healthHost, ...options } = readOrExit(
+    "fib_server",
+    args,
+    readCommandLine,
+    USAGE,
+  );
   const starting = FibonacciRpcServer.start(options);
-  stopOnSignals(starting);
+  let health: HealthEndpoint | undefined;
+  stopOnSignals(starting, () => health);
   try {
-    await starting;
+    const server = await starting;
+    if (healthPort !== undefined) {
+      health = serveHealth(server, { port: healthPort, hostname: healthHost });
+      console.log(` [x] Health: http://${healthHost ?? "127.0.0.1"}:${health.port}/healthz`);
+    }
   } catch (error) {
     fail("fib_server", error);
   }

@@ -10,6 +10,7 @@ import { RpcClient } from "./client.ts";
 import { BadRequestError, RpcError } from "./errors.ts";
 import type { CallOptions, ClientOptions, ServerOptions } from "./options.ts";
 import { RpcServer } from "./server.ts";
+import type { ServerHealth } from "./health.ts";
 
 /** The largest n the server computes; fib(10000) has 2,090 decimal digits. */
 export const MAX_N = 10_000;
@@ -102,6 +103,11 @@ export class FibonacciRpcServer implements AsyncDisposable {
   /** Requests acked without being computed, because their caller had given up. */
   get skipped(): number {
     return this.#server.skipped;
+  }
+
+  /** Whether it is connected and consuming; see {@linkcode RpcServer.health}. */
+  health(): ServerHealth {
+    return this.#server.health();
   }
 
   /** Finishes the requests in progress, then closes; see {@linkcode RpcServer.close}. */

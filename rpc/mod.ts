@@ -5,8 +5,9 @@
  * timeouts that say why, hostile input handled, graceful shutdown.
  *
  * A server runs a handler on each request's bytes; a client calls it and
- * gets the reply's bytes. The Fibonacci server and client of the tutorial
- * are built on the same two classes.
+ * gets the reply's bytes; or, with a contract ({@linkcode procedure}),
+ * JSON values checked by any Standard Schema validator. The Fibonacci
+ * server and client of the tutorial are built on the same two classes.
  *
  * @example A server and a client for any function
  * ```ts
@@ -19,6 +20,39 @@
  * await using client = await RpcClient.connect({ timeout: 5_000 });
  * const reply = await client.call("upper", "hello");
  * console.log(new TextDecoder().decode(reply)); // "HELLO"
+ * ```
+ *
+ * @example A server of its own, held until SIGINT or SIGTERM, then closed
+ * ```ts
+ * import { RpcServer } from "./mod.ts";
+ *
+ * const server = await RpcServer.start({
+ *   queue: "upper",
+ *   handler: (request) => new TextDecoder().decode(request).toUpperCase(),
+ * });
+ * const signal = await new Promise<string>((resolve) => {
+ *   Deno.addSignalListener("SIGINT", () => resolve("SIGINT"));
+ *   Deno.addSignalListener("SIGTERM", () => resolve("SIGTERM")); // not on Windows
+ * });
+ * console.log(`${signal}: closing`);
+ * await server.close(); // finishes the requests in progress, gives the others back
+ * Deno.exit(0); // the signal listeners would keep the process alive
+ * ```
+ *
+ * @example A JSON procedure, typed and checked by its schemas (zod, valibot, ...)
+ * ```ts
+ * import { z } from "npm:zod@4.6.7";
+ * import { procedure, RpcClient, RpcServer } from "./mod.ts";
+ *
+ * const sum = procedure("sum", {
+ *   request: z.object({ numbers: z.array(z.number()) }),
+ *   reply: z.object({ total: z.number() }),
+ * });
+ * await using server = await RpcServer.serve(sum, ({ numbers }) => ({
+ *   total: numbers.reduce((total, n) => total + n, 0),
+ * }));
+ * await using client = await RpcClient.connect({ timeout: 5_000 });
+ * console.log(await client.invoke(sum, { numbers: [1, 2, 3] })); // { total: 6 }
  * ```
  *
  * @example The tutorial's Fibonacci pair
@@ -54,6 +88,35 @@ export {
 } from "./errors.ts";
 export type { RequestContext } from "./context.ts";
 export { DEFAULT_ABORT_GRACE_MS, WorkerPool, type WorkerPoolOptions } from "./workers.ts";
+
+export {
+  HEALTH_PATH,
+  type HealthEndpoint,
+  type HealthOptions,
+  serveHealth,
+  type ServerHealth,
+} from "./health.ts";
+export {
+  JSON_CONTENT_TYPE,
+  type Procedure,
+  procedure,
+  type ProcedureHandler,
+  type ProcedureSchemas,
+  type ProcedureServerOptions,
+  type SchemaInput,
+  type SchemaOutput,
+} from "./procedure.ts";
+export type {
+  InferInput,
+  InferOutput,
+  StandardFailure,
+  StandardIssue,
+  StandardResult,
+  StandardSchemaProps,
+  StandardSchemaV1,
+  StandardSuccess,
+  StandardTypes,
+} from "./_standard_schema.ts";
 export { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 export {
   DEFAULT_QUEUE,

@@ -67,6 +67,8 @@ export interface ServerOptions {
    * line is shown; `undefined` writes none. Default: `request of N bytes`.
    */
   describe?: (request: Uint8Array) => string | undefined;
+  /** The `content_type` of its replies (not of error replies). Default: none. */
+  contentType?: string;
 }
 
 /** The deadline of a call when neither the client nor the call sets one, in ms. */
@@ -129,6 +131,8 @@ export interface CallOptions {
   retry?: boolean;
   /** Names the call in error messages and traces. Default: `call to "QUEUE"`. */
   label?: string;
+  /** The request's `content_type`. Default: none. */
+  contentType?: string;
 }
 
 /** The prefetch counts AMQP allows (0, "no limit", is not one we take). */

@@ -18,6 +18,8 @@ export interface PendingCall {
   readonly label: string;
   /** The request's body. */
   readonly request: Buffer;
+  /** The request's `content_type`, if any. */
+  readonly contentType: string | undefined;
   /** The request's `correlation_id`, which its reply carries back. */
   readonly correlationId: string;
   /** `traceparent` and `tracestate`, with tracing on. */

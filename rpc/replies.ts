@@ -32,7 +32,7 @@ export type Reply = Uint8Array | string;
 export type ReplyAddress = { replyTo: string; correlationId: string; span?: ProcessSpan };
 
 /** The properties of a reply: the request's correlation id, and `type: "error"` for an error reply. */
-export type ReplyProperties = { correlationId?: string; type?: string };
+export type ReplyProperties = { correlationId?: string; type?: string; contentType?: string };
 
 /**
  * A server's reply connection and its channel, rebuilt by itself when lost.

@@ -13,11 +13,18 @@ import type {
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
 import type { RequestContext } from "./context.ts";
+import type { ServerHealth } from "./health.ts";
 import { ignoreError, openConnection } from "./connection.ts";
 import { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 import { BadRequestError } from "./errors.ts";
 import { RateLimitedLog } from "./log.ts";
 import { startProcessSpan } from "./tracing.ts";
+import {
+  type Procedure,
+  type ProcedureHandler,
+  type ProcedureServerOptions,
+  serveProcedure,
+} from "./procedure.ts";
 import {
   DEFAULT_PREFETCH,
   type Handler,
@@ -61,6 +68,7 @@ export class RpcServer implements AsyncDisposable {
   readonly #handler: Handler;
   readonly #describe: (request: Uint8Array) => string | undefined;
   readonly #skipLate: boolean;
+  readonly #contentType: string | undefined;
   readonly #log: RateLimitedLog;
   /** The connection requests come in on, and the sender of the replies (rpc/replies.ts). */
   #requests?: RecoveringChannelModel;
@@ -91,6 +99,7 @@ export class RpcServer implements AsyncDisposable {
     this.#handler = options.handler;
     this.#describe = options.describe ?? ((request) => `request of ${request.length} bytes`);
     this.#skipLate = options.skipLate ?? true;
+    this.#contentType = options.contentType;
     this.#log = new RateLimitedLog(options.log === undefined ? console.log : options.log);
     this.connectionName = `rpc_server ${this.queue} ${crypto.randomUUID().slice(0, 8)}`;
   }
@@ -125,6 +134,36 @@ export class RpcServer implements AsyncDisposable {
       throw error;
     }
     return server;
+  }
+
+  /**
+   * Starts a server for a {@linkcode Procedure}: each request read as JSON
+   * and checked against its schema (refused with `bad-request`, saying
+   * where and why, if invalid), `handler` run on the value, its reply
+   * checked and sent as JSON (`content_type: application/json`).
+   *
+   * @example
+   * ```ts
+   * import { procedure, RpcServer } from "./mod.ts";
+   *
+   * const sum = procedure<{ numbers: number[] }, { total: number }>("sum");
+   * await using server = await RpcServer.serve(sum, ({ numbers }) => ({
+   *   total: numbers.reduce((a, b) => a + b, 0),
+   * }));
+   * ```
+   */
+  static serve<Req, Res, ReqIn, ResIn>(
+    procedure: Procedure<Req, Res, ReqIn, ResIn>,
+    handler: ProcedureHandler<Req, ResIn>,
+    options?: ProcedureServerOptions,
+  ): Promise<RpcServer> {
+    return serveProcedure(procedure, handler, options);
+  }
+
+  /** Whether it is connected and consuming, or closing: see rpc/health.ts. */
+  health(): ServerHealth {
+    const connected = this.#consumer !== undefined;
+    return { connected, consuming: connected && !this.#stopping, closing: this.#stopping };
   }
 
   /** Requests answered so far: results and error replies. */
@@ -288,7 +327,11 @@ export class RpcServer implements AsyncDisposable {
     const body = failed
       ? Buffer.from(describeRefusal(outcome, this.#log))
       : toBuffer(outcome as Reply);
-    const properties = { correlationId: address.correlationId, type: failed ? "error" : undefined };
+    const properties = {
+      correlationId: address.correlationId,
+      type: failed ? "error" : undefined,
+      contentType: failed ? undefined : this.#contentType,
+    };
     if (!this.#replies!.publish(address.replyTo, body, properties)) {
       return this.#replyWhenReconnected(
         channel,

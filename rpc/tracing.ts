@@ -26,9 +26,10 @@ import {
   type Tracer,
   type TracerProvider,
 } from "npm:@opentelemetry/api@1.10.0";
+import { errorType, type Measure, startMeasure } from "./metrics.ts";
 
 /**
- * The tracer's name: the package's (deno.json).
+ * The tracer's name: the package's (rpc/deno.json).
  *
  * @example
  * ```ts
@@ -38,7 +39,7 @@ import {
 export const TRACER_NAME = "@amqp-rpc/rpc";
 
 /**
- * The tracer's version: the package's, as in deno.json (a test checks it).
+ * The tracer's version: the package's, as in rpc/deno.json (a test checks it).
  *
  * @example
  * ```ts
@@ -108,7 +109,8 @@ export interface CallSpan {
  */
 export function startCallSpan(queue: string, correlationId: string): CallSpan | undefined {
   const tracer = activeTracer();
-  if (!tracer) return undefined;
+  const measure = startMeasure("send", queue); // metrics (rpc/metrics.ts) end with the span
+  if (!tracer) return measure && new Traced(undefined, ROOT_CONTEXT, {}, measure);
   const span = tracer.startSpan(`send ${queue}`, {
     kind: SpanKind.PRODUCER,
     attributes: attributes("send", queue, correlationId),
@@ -116,7 +118,7 @@ export function startCallSpan(queue: string, correlationId: string): CallSpan | 
   const spanContext = trace.setSpan(context.active(), span);
   const headers: Record<string, string> = {};
   propagation.inject(spanContext, headers);
-  return new Traced(span, spanContext, headers);
+  return new Traced(span, spanContext, headers, measure);
 }
 
 /** A server's handling of one request, traced: see {@linkcode startProcessSpan}. */
@@ -154,7 +156,8 @@ export function startProcessSpan(
   deliveryTag?: number,
 ): ProcessSpan | undefined {
   const tracer = activeTracer();
-  if (!tracer) return undefined;
+  const measure = startMeasure("process", queue);
+  if (!tracer) return measure && new Traced(undefined, ROOT_CONTEXT, {}, measure);
   // ROOT, not the active context: that of the consumer callback is no parent of the request.
   const parent = headers ? propagation.extract(ROOT_CONTEXT, headers, amqpHeaders) : ROOT_CONTEXT;
   const creation = trace.getSpanContext(parent);
@@ -163,7 +166,7 @@ export function startProcessSpan(
     attributes: attributes("process", queue, correlationId, deliveryTag),
     links: creation ? [{ context: creation }] : undefined,
   }, parent);
-  return new Traced(span, trace.setSpan(parent, span));
+  return new Traced(span, trace.setSpan(parent, span), {}, measure);
 }
 
 /**
@@ -210,31 +213,39 @@ function attributes(
   return result;
 }
 
-/** Both kinds: a call's span has headers, a request's a context to run the handler in. */
+/** Both kinds: a call's span has headers, a request's a context to run the handler in; either may only be measured. */
 class Traced implements CallSpan, ProcessSpan {
   readonly headers: Readonly<Record<string, string>>;
   #span: Span | undefined;
   readonly #context: Context;
+  #measure: Measure | undefined;
 
-  constructor(span: Span, spanContext: Context, headers: Record<string, string> = {}) {
+  constructor(
+    span: Span | undefined,
+    spanContext: Context,
+    headers: Record<string, string>,
+    measure: Measure | undefined,
+  ) {
     this.#span = span;
     this.#context = spanContext;
     this.headers = headers;
+    this.#measure = measure;
   }
 
   run<T>(fn: () => T): T {
-    return context.with(this.#context, fn);
+    return this.#context === ROOT_CONTEXT ? fn() : context.with(this.#context, fn); // ROOT: untraced
   }
 
   /** Status ERROR, with the message, and `error.type`, for a failure; nothing for success. */
   end(failure?: unknown): void {
+    this.#measure?.end(failure);
+    this.#measure = undefined;
     const span = this.#span;
     if (!span) return;
     this.#span = undefined;
     if (failure !== undefined) {
-      const { code, name, message } = (failure ?? {}) as Record<string, unknown>;
-      const type = typeof code === "string" && code ? code : typeof name === "string" && name;
-      span.setAttribute("error.type", type || "_OTHER");
+      const { message } = (failure ?? {}) as Record<string, unknown>;
+      span.setAttribute("error.type", errorType(failure));
       span.setStatus({
         code: SpanStatusCode.ERROR,
         message: typeof message === "string" ? message : String(failure),

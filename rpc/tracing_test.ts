@@ -33,7 +33,7 @@ const TRACEPARENT = /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/;
 const TRACING = new URL("./tracing.ts", import.meta.url).href;
 
 Deno.test("the tracer is named and versioned as the package", async () => {
-  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  const config = JSON.parse(await Deno.readTextFile(new URL("./deno.json", import.meta.url)));
   assert.equal(TRACER_NAME, config.name);
   assert.equal(TRACER_VERSION, config.version);
 });
