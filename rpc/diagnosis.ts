@@ -27,6 +27,9 @@ export interface QueueState {
  *
  * @example
  * ```ts
+ * import amqp from "npm:amqplib@2.3.1";
+ *
+ * const connection = await amqp.connect("amqp://localhost");
  * const inspector = new QueueInspector(() => connection.createChannel());
  * await inspector.diagnose("rpc_queue"); // { cause: "no-server", consumers: 0, queued: 3 }
  * ```

@@ -16,6 +16,10 @@ import type { RateLimitedLog } from "./log.ts";
  *
  * @example
  * ```ts
+ * import amqp from "npm:amqplib@2.3.1";
+ * import { RateLimitedLog } from "./log.ts";
+ *
+ * const model = await amqp.connect("amqp://localhost");
  * const channel = await declareQueue(model, "rpc_queue", "quorum", new RateLimitedLog(console.log));
  * ```
  */

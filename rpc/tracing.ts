@@ -33,6 +33,8 @@ import { errorType, type Measure, startMeasure } from "./metrics.ts";
  *
  * @example
  * ```ts
+ * import { trace } from "npm:@opentelemetry/api@1.10.0";
+ *
  * trace.getTracer(TRACER_NAME, TRACER_VERSION);
  * ```
  */
@@ -101,10 +103,16 @@ export interface CallSpan {
  *
  * @example
  * ```ts
+ * import { Buffer } from "node:buffer";
+ * import amqp from "npm:amqplib@2.3.1";
+ *
+ * const channel = await (await amqp.connect("amqp://localhost")).createChannel();
+ * const correlationId = crypto.randomUUID();
  * const span = startCallSpan("rpc_queue", correlationId);
+ * const body = Buffer.from("30");
  * channel.sendToQueue("rpc_queue", body, { correlationId, headers: { ...span?.headers } });
  * // when the call settles:
- * span?.end(); // or span?.end(new RpcError("timeout", "no reply in 5000 ms"))
+ * span?.end(); // or span?.end(error)
  * ```
  */
 export function startCallSpan(queue: string, correlationId: string): CallSpan | undefined {
@@ -144,9 +152,16 @@ export interface ProcessSpan {
  *
  * @example
  * ```ts
- * const span = startProcessSpan(queue, message.properties.correlationId, message.properties.headers);
- * const reply = span ? span.run(() => handler(message.content)) : handler(message.content);
- * span?.end(); // after the reply is sent; span?.end(error) for an error reply
+ * import type { ConsumeMessage } from "npm:amqplib@2.3.1";
+ *
+ * const handler = (request: Uint8Array) => request;
+ * function onRequest(message: ConsumeMessage) {
+ *   const { correlationId, headers } = message.properties;
+ *   const span = startProcessSpan("rpc_queue", correlationId, headers);
+ *   const reply = span ? span.run(() => handler(message.content)) : handler(message.content);
+ *   span?.end(); // after the reply is sent; span?.end(error) for an error reply
+ *   return reply;
+ * }
  * ```
  */
 export function startProcessSpan(
@@ -176,7 +191,9 @@ export function startProcessSpan(
  *
  * @example
  * ```ts
- * propagation.extract(ROOT_CONTEXT, message.properties.headers ?? {}, amqpHeaders);
+ * import { propagation, ROOT_CONTEXT } from "npm:@opentelemetry/api@1.10.0";
+ *
+ * propagation.extract(ROOT_CONTEXT, { traceparent: "00-…" }, amqpHeaders);
  * ```
  */
 export const amqpHeaders: {
