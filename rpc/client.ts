@@ -14,7 +14,7 @@ import type {
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
 import { ignoreError, openConnection } from "./connection.ts";
-import { checkTimeout, DEADLINE_HEADER } from "./deadlines.ts";
+import { checkTimeout, deadlineHeaders } from "./deadlines.ts";
 import { QueueInspector } from "./diagnosis.ts";
 import { type NoReplyDiagnosis, RpcError, timeoutError } from "./errors.ts";
 import {
@@ -27,7 +27,7 @@ import { RateLimitedLog } from "./log.ts";
 import { type PendingCall, PendingCalls, readReply } from "./pending.ts";
 import { Session } from "./session.ts";
 import { startCallSpan } from "./tracing.ts";
-import { brokerUrls } from "./urls.ts";
+import { brokerUrls, loginUser } from "./urls.ts";
 
 /** The first wait before a refused request goes out again with `retry`, and the longest, in ms. */
 const RETRY_FIRST_DELAY_MS = 50;
@@ -61,6 +61,8 @@ export class RpcClient implements AsyncDisposable {
   readonly #retry: boolean;
   readonly #maxReplyBytes: number;
   readonly #urls: readonly URL[];
+  /** The user the client logs in as, sent as `user_id`; undefined when the URLs disagree. */
+  readonly #userId: string | undefined;
   readonly #trace?: (line: string) => void;
   readonly #log: RateLimitedLog;
   readonly #inspector = new QueueInspector(() => this.#openSideChannel());
@@ -69,6 +71,7 @@ export class RpcClient implements AsyncDisposable {
 
   private constructor(options: ClientOptions) {
     this.#urls = brokerUrls(options.url);
+    this.#userId = loginUser(this.#urls);
     this.#timeout = checkTimeout(options.timeout ?? DEFAULT_TIMEOUT_MS);
     this.#replyQueue = options.replyQueue ?? "exclusive";
     this.#retry = options.retry ?? false;
@@ -155,7 +158,7 @@ export class RpcClient implements AsyncDisposable {
           ? Buffer.from(request)
           : Buffer.from(request.buffer, request.byteOffset, request.byteLength),
         correlationId,
-        traceHeaders: span?.headers,
+        headers: options.headers || span ? { ...options.headers, ...span?.headers } : undefined,
         deadline: Date.now() + timeout,
         timeout,
         retry: options.retry ?? this.#retry,
@@ -189,7 +192,8 @@ export class RpcClient implements AsyncDisposable {
           correlationId: call.correlationId,
           mandatory: true, // come back if no queue takes it
           expiration: String(Math.max(1, call.deadline - Date.now())), // nobody waits after this
-          headers: { ...call.traceHeaders, [DEADLINE_HEADER]: call.deadline }, // servers skip what nobody awaits
+          headers: { ...call.headers, ...deadlineHeaders(call.deadline) }, // servers skip what nobody awaits
+          userId: this.#userId, // the broker checks it: the server learns who called
         },
         call.deadline,
         (refusal) => refusal && this.#refused(call, session, refusal),

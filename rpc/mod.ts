@@ -37,13 +37,14 @@ export { RpcClient } from "./client.ts";
 export {
   type CallOptions,
   type ClientOptions,
+  DEFAULT_CLOSE_TIMEOUT_MS,
   DEFAULT_MAX_REPLY_BYTES,
   DEFAULT_PREFETCH,
   DEFAULT_TIMEOUT_MS,
   type Handler,
   type ServerOptions,
 } from "./options.ts";
-export type { Reply } from "./replies.ts";
+export type { Reply, ReplyToRule } from "./replies.ts";
 export {
   BadRequestError,
   ERROR_CODE_HEADER,
@@ -52,7 +53,7 @@ export {
   type RpcErrorCode,
 } from "./errors.ts";
 export type { RequestContext } from "./context.ts";
-export { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
+export { DEADLINE_GRACE_MS, DEADLINE_HEADER, TIMEOUT_HEADER } from "./deadlines.ts";
 export {
   DEFAULT_QUEUE,
   fib,

@@ -81,3 +81,21 @@ export function hidePassword(text: string): string {
   if (URL.canParse(text) && new URL(text).password) return redact(new URL(text));
   return text.replace(/:.*@/s, ":***@");
 }
+
+/**
+ * The user name every one of `urls` logs in as (amqplib's default is
+ * guest), or undefined if they differ: RabbitMQ refuses a publish whose
+ * `user_id` is not the connection's user, so a client sends one only when
+ * it is sure.
+ *
+ * @example
+ * ```ts
+ * loginUser([new URL("amqp://localhost")]); // "guest"
+ * ```
+ */
+export function loginUser(urls: readonly URL[]): string | undefined {
+  const users = new Set(
+    urls.map((url) => url.username || url.password ? decodeURIComponent(url.username) : "guest"),
+  );
+  return users.size === 1 ? [...users][0] : undefined;
+}
