@@ -63,6 +63,7 @@ Deno.test("an overloaded server skips requests whose callers gave up, and catche
     url: BROKER_URL,
     queue: broker.queue,
     handler: slowHandler(100, seen),
+    concurrency: 1, // one at a time, so that most requests wait
     ...quiet,
   });
   await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });

@@ -156,7 +156,7 @@ Deno.test("a request without reply_to is acked with a log line; one without corr
   assert.equal(server.answered, 1);
 });
 
-Deno.test("a handler that fails sends an error reply, an RpcError with code remote, and the server goes on", async () => {
+Deno.test("a handler that fails sends an error reply (internal, with an id; bad-request for a bad n), and the server goes on", async () => {
   const logged: string[] = [];
   await using pair = await startPair({
     handler: (n) => {
@@ -167,21 +167,25 @@ Deno.test("a handler that fails sends an error reply, an RpcError with code remo
     log: (line) => logged.push(line),
   });
   const { server, client } = pair;
-  await assert.rejects(client.call(13), (error: RpcError) => {
-    assert.ok(error instanceof RpcError);
-    assert.equal(error.code, "remote");
-    assert.equal(error.message, "thirteen is unlucky");
-    return true;
-  });
-  await assert.rejects(client.call(14), { code: "remote", message: "fourteen is late" });
+  for (const [n, detail] of [[13, "thirteen is unlucky"], [14, "fourteen is late"]] as const) {
+    await assert.rejects(client.call(n), (error: RpcError) => {
+      assert.ok(error instanceof RpcError);
+      assert.equal(error.code, "internal");
+      const id = error.message.match(/^internal error \(id (\w+)\)$/)?.[1];
+      assert.ok(
+        logged.some((line) =>
+          line.startsWith(` [!] Handler failed (id ${id}): Error: ${detail}\n`)
+        ),
+      );
+      return true;
+    });
+  }
   await assert.rejects(client.call(MAX_N + 1), {
-    code: "remote",
+    code: "bad-request",
     message: `n must be a decimal integer from 0 to ${MAX_N}, got "${MAX_N + 1}"`,
   });
   assert.equal(await client.call(15), 610n);
   assert.equal(server.answered, 4);
-  assert.ok(logged.includes(" [!] Handler failed: thirteen is unlucky"));
-  assert.ok(logged.includes(" [!] Handler failed: fourteen is late"));
 });
 
 Deno.test("a queue that exists with other settings is used as it is, and the server says how to change it", async () => {
