@@ -91,7 +91,7 @@ export class RpcRequest {
 
   /** Whether its caller has surely given up by now. */
   gaveUp(): boolean {
-    return this.deadline !== undefined && Date.now() > this.deadline.gaveUpAfter;
+    return this.deadline !== undefined && Date.now() >= this.deadline.gaveUpAfter;
   }
 
   /** Acks it uncomputed: its caller gave up. */

@@ -1,0 +1,359 @@
+/**
+ * Tests of the server's handler model against a real broker: handlers that
+ * run many at once, their RequestContext, the caller's deadline and
+ * `handlerTimeout` aborting their signal, `close()` with a hung handler,
+ * handlers that throw anything, a lost channel under a running handler, and
+ * a server whose clock runs 5 s ahead (libfaketime).
+ *
+ * Run: `deno test -A rpc/handlers_test.ts`. The clock test needs Debian's
+ * faketime (`apt-get install -y faketime`); without it, it is ignored.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import {
+  fib,
+  FibonacciRpcClient,
+  FibonacciRpcServer,
+  type Handler,
+  type RequestContext,
+  RpcClient,
+  RpcError,
+  RpcServer,
+  type ServerOptions,
+} from "./mod.ts";
+import { FIB_SERVER, spawnDeno } from "./_test_process.ts";
+import { type Broker, BROKER_URL, delay, openBroker, waitFor } from "./_test_util.ts";
+import { loginUser } from "./urls.ts";
+
+const decoder = new TextDecoder();
+
+/** A server on a fresh queue of `broker`'s running `handler`, its log lines kept in `logged`. */
+async function startServer(broker: Broker, handler: Handler, options: Partial<ServerOptions> = {}) {
+  const logged: string[] = [];
+  const server = await RpcServer.start({
+    url: BROKER_URL,
+    queue: broker.newQueue(),
+    handler,
+    log: (line) => logged.push(line),
+    ...options,
+  });
+  return Object.assign(server, { logged });
+}
+
+/** Resolves when `signal` aborts, with the ms it took from now, and its reason. */
+function aborted(signal: AbortSignal) {
+  const started = performance.now();
+  return new Promise<{ after: number; reason: unknown }>((resolve) => {
+    signal.addEventListener("abort", () => {
+      resolve({ after: performance.now() - started, reason: signal.reason });
+    }, { once: true });
+  });
+}
+
+Deno.test("up to concurrency handlers run at once, finish in any order, and each reply matches its call", async () => {
+  await using broker = await openBroker();
+  let running = 0;
+  let most = 0;
+  await using server = await startServer(broker, async (request) => {
+    running++;
+    most = Math.max(most, running);
+    const ms = Number(decoder.decode(request));
+    await delay(ms); // later requests wait less: they finish first
+    running--;
+    return `waited ${ms}`;
+  }, { concurrency: 8, log: null });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  const waits = Array.from({ length: 40 }, (_, i) => 400 - i * 10);
+  const started = performance.now();
+  const replies = await Promise.all(waits.map((ms) => client.call(server.queue, String(ms))));
+  const took = performance.now() - started;
+  assert.deepEqual(
+    replies.map((reply) => decoder.decode(reply)),
+    waits.map((ms) => `waited ${ms}`),
+  );
+  assert.equal(most, 8, "eight at once, never more");
+  // One at a time would take the sum of the waits, 8.2 s; eight at once about a fifth of it.
+  assert.ok(took < 5_000, `${took.toFixed(0)} ms`);
+  assert.equal(server.answered, 40);
+  assert.equal(client.droppedReplies, 0);
+});
+
+Deno.test("concurrency defaults to prefetch; a prefetch below concurrency is refused", async () => {
+  await using broker = await openBroker();
+  let running = 0;
+  let most = 0;
+  const { promise: release, resolve } = Promise.withResolvers<void>();
+  await using server = await startServer(broker, async () => {
+    most = Math.max(most, ++running);
+    await release;
+    running--;
+    return "ok";
+  }, { prefetch: 5, log: null });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  const calls = Array.from({ length: 7 }, () => client.call(server.queue, "x"));
+  await waitFor("five handlers to run", () => running === 5);
+  await delay(200); // time for a sixth, were it allowed
+  assert.equal(most, 5);
+  resolve();
+  await Promise.all(calls);
+  const options = { queue: "unused", handler: () => "", prefetch: 2, concurrency: 3 };
+  await assert.rejects(RpcServer.start(options), {
+    name: "RangeError",
+    message: "prefetch (2) must be at least concurrency (3): " +
+      "the broker hands over at most prefetch requests at once",
+  });
+});
+
+Deno.test("the context carries the caller's headers, user, redelivered flag, deadline and correlation id", async () => {
+  await using broker = await openBroker();
+  const contexts: RequestContext[] = [];
+  await using server = await startServer(broker, (_request, context) => {
+    contexts.push(context);
+    return "ok";
+  });
+  const traced: string[] = [];
+  await using client = await RpcClient.connect({
+    url: BROKER_URL,
+    trace: (line) => traced.push(line),
+  });
+  const before = Date.now();
+  await client.call(server.queue, "x", { timeout: 5_000, headers: { tenant: "acme", n: 7 } });
+  const after = Date.now();
+  const [context] = contexts;
+  assert.equal(context.queue, server.queue);
+  assert.equal(context.headers.tenant, "acme");
+  assert.equal(context.headers.n, 7);
+  assert.equal(context.headers["x-timeout-ms"] as number <= 5_000, true);
+  assert.equal(context.userId, loginUser([new URL(BROKER_URL)]));
+  assert.equal(context.userId, new URL(BROKER_URL).username || "guest");
+  assert.equal(context.redelivered, false);
+  assert.ok(
+    context.deadline! >= before + 4_900 && context.deadline! <= after + 5_000,
+    `${context.deadline! - before} ms ahead`,
+  );
+  assert.match(context.correlationId, /^[0-9a-f-]{36}$/);
+  const sent = traced[0].match(/correlation_id (\w{8})/)?.[1];
+  assert.equal(context.correlationId.slice(0, 8), sent);
+  assert.equal(context.signal.aborted, false);
+  // A request from another tutorial client: no headers, no user, no deadline.
+  const { queue: replyTo, replies } = await broker.replyQueue();
+  broker.channel.sendToQueue(server.queue, Buffer.from("x"), { replyTo, correlationId: "plain" });
+  await waitFor("the reply", () => replies.length === 1);
+  const plain = contexts[1];
+  assert.deepEqual(
+    [plain.correlationId, plain.headers, plain.userId, plain.deadline],
+    ["plain", {}, undefined, undefined],
+  );
+});
+
+Deno.test("a handler's signal aborts at its caller's 400 ms deadline", async () => {
+  await using broker = await openBroker();
+  const aborts: Promise<{ after: number; reason: unknown }>[] = [];
+  await using server = await startServer(broker, async (_request, context) => {
+    const abort = aborted(context.signal);
+    aborts.push(abort);
+    await abort;
+    throw context.signal.reason; // as fetch() does
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  await assert.rejects(client.call(server.queue, "x", { timeout: 400 }), { code: "timeout" });
+  const { after, reason } = await aborts[0];
+  assert.ok(after > 250 && after < 1_500, `aborted after ${after.toFixed(0)} ms`);
+  assert.ok(reason instanceof DOMException && reason.name === "TimeoutError");
+  assert.equal(reason.message, "the caller's deadline passed");
+  await waitFor("the reply nobody reads", () => server.answered === 1);
+  assert.ok(server.logged.includes(
+    " [!] Handler stopped: the caller's deadline passed before the handler finished",
+  ));
+});
+
+Deno.test("a handler that ignores its signal loses its slot at handlerTimeout: its caller gets handler-timeout, the next call is answered, its late result is dropped", async () => {
+  await using broker = await openBroker();
+  const { promise: hang, resolve: finish } = Promise.withResolvers<string>();
+  let signal: AbortSignal | undefined;
+  await using server = await startServer(broker, (request, context) => {
+    if (decoder.decode(request) !== "hang") return "answered";
+    signal = context.signal;
+    return hang; // ignores its signal
+  }, { concurrency: 1, handlerTimeout: 300 });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  const started = performance.now();
+  await assert.rejects(client.call(server.queue, "hang", { timeout: 10_000 }), {
+    name: "RpcError",
+    code: "handler-timeout",
+    message: "the handler ran out of time (handlerTimeout 300 ms)",
+  });
+  const took = performance.now() - started;
+  assert.ok(took < 2_000, `the caller heard after ${took.toFixed(0)} ms, not at its deadline`);
+  assert.equal(signal?.aborted, true);
+  assert.equal((signal?.reason as DOMException).name, "TimeoutError");
+  // The only slot is free again, though the handler still runs.
+  assert.equal(
+    decoder.decode(await client.call(server.queue, "next", { timeout: 2_000 })),
+    "answered",
+  );
+  finish("too late");
+  await delay(300); // time for a late reply, were one sent
+  assert.equal(client.droppedReplies, 0, "no late reply");
+  assert.equal(server.answered, 2);
+  await server.close();
+  assert.equal(await broker.messageCount(server.queue), 0, "both acked");
+});
+
+Deno.test("close() with a hung handler returns after closeTimeout, aborts its signal, and gives its request to the next server, marked redelivered", async () => {
+  await using broker = await openBroker();
+  const queue = broker.newQueue();
+  let signal: AbortSignal | undefined;
+  const hung = await RpcServer.start({
+    url: BROKER_URL,
+    queue,
+    handler: (_request, context) => {
+      signal = context.signal;
+      return new Promise<string>(() => {}); // never settles
+    },
+    closeTimeout: 500,
+    log: null,
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  const call = client.call(queue, "x", { timeout: 15_000 });
+  await waitFor("the handler to run", () => signal !== undefined);
+  const started = performance.now();
+  await hung.close();
+  const took = performance.now() - started;
+  assert.ok(took >= 450 && took < 3_000, `close() took ${took.toFixed(0)} ms`);
+  assert.equal(signal?.aborted, true);
+  assert.equal((signal?.reason as DOMException).message, "the server is closing");
+  let redelivered: boolean | undefined;
+  await using _next = await RpcServer.start({
+    url: BROKER_URL,
+    queue,
+    handler: (_request, context) => (redelivered = context.redelivered, "from the next server"),
+    log: null,
+  });
+  assert.equal(decoder.decode(await call), "from the next server");
+  assert.equal(redelivered, true);
+});
+
+Deno.test("whatever a handler throws, sync or async (no prototype, a Symbol, undefined, null), its caller gets an error reply and the server goes on", async () => {
+  await using broker = await openBroker();
+  const values: Record<string, () => unknown> = {
+    "no prototype": () => Object.create(null),
+    "a symbol": () => Symbol("odd"),
+    "undefined": () => undefined,
+    "null": () => null,
+    "a throwing proxy": () =>
+      new Proxy({}, {
+        get: () => {
+          throw new Error("no");
+        },
+      }),
+  };
+  await using server = await startServer(broker, (request) => {
+    const [how, what] = decoder.decode(request).split(":");
+    if (how === "ok") return "fine";
+    const value = values[what]();
+    if (how === "sync") throw value;
+    return Promise.reject(value);
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  for (const how of ["sync", "async"]) {
+    for (const what of Object.keys(values)) {
+      await assert.rejects(client.call(server.queue, `${how}:${what}`), (error: RpcError) => {
+        assert.equal(error.code, "internal", `${how} ${what}`);
+        assert.match(error.message, /^internal error \(id \w{8}\)$/);
+        return true;
+      });
+    }
+  }
+  // A handler that returns something that is no reply is an internal error too.
+  await using other = await startServer(broker, () => 42 as unknown as string);
+  await assert.rejects(client.call(other.queue, "x"), { code: "internal" });
+  assert.equal(decoder.decode(await client.call(server.queue, "ok")), "fine");
+  assert.equal(server.answered, 11);
+  assert.ok(
+    server.logged.some((line) => /Handler failed \(id \w+\): thrown \[object Object\]/.test(line)),
+  );
+  assert.ok(server.logged.some((line) => line.endsWith("): Symbol(odd)")));
+});
+
+Deno.test("a handler written for one argument works unchanged, in both layers", async () => {
+  await using broker = await openBroker();
+  const upper = (request: Uint8Array) => decoder.decode(request).toUpperCase();
+  await using server = await startServer(broker, upper);
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  assert.equal(decoder.decode(await client.call(server.queue, "abc")), "ABC");
+  const oldFib = (n: number) => fib(n) + 1n;
+  const queue = broker.newQueue();
+  await using _fibonacci = await FibonacciRpcServer.start({
+    url: BROKER_URL,
+    queue,
+    handler: oldFib,
+    log: null,
+  });
+  await using fibonacci = await FibonacciRpcClient.connect({ url: BROKER_URL, queue });
+  assert.equal(await fibonacci.call(10), 56n);
+});
+
+Deno.test("after the broker closes the channel under a hung handler, the slots start clean and the server answers again", async () => {
+  await using broker = await openBroker();
+  let signal: AbortSignal | undefined;
+  await using server = await startServer(broker, (request, context) => {
+    if (decoder.decode(request) !== "hang") return "answered";
+    signal = context.signal;
+    return new Promise<string>(() => {}); // holds the only slot for good
+  }, { concurrency: 1 });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  const hung = client.call(server.queue, "hang", { timeout: 1_000 });
+  hung.catch(() => {});
+  await waitFor("the handler to run", () => signal !== undefined);
+  // Deleting the queue cancels the consumer: the server drops the channel and consumes anew.
+  await broker.channel.deleteQueue(server.queue);
+  await waitFor(
+    "the server to consume again",
+    () => server.logged.filter((line) => line === " [x] Awaiting RPC requests").length === 2,
+  );
+  assert.equal(signal?.aborted, true, "the lost request's signal aborted");
+  assert.equal(
+    decoder.decode(await client.call(server.queue, "next", { timeout: 3_000 })),
+    "answered",
+  );
+});
+
+const faketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+const hasFaketime = await Deno.stat(faketime).then(() => true, () => false);
+
+Deno.test({
+  name:
+    "a server whose clock runs 5 s ahead (libfaketime) answers 1 s calls, and still skips those whose time ran out",
+  ignore: !hasFaketime,
+  async fn() {
+    await using broker = await openBroker();
+    await using server = spawnDeno(["run", "-A", FIB_SERVER, "--queue", broker.queue], {
+      env: { LD_PRELOAD: faketime, FAKETIME: "+5s", AMQP_URL: BROKER_URL },
+      disposeSignal: "SIGTERM",
+    });
+    await waitFor("the server", () => server.stdout.includes(" [x] Awaiting RPC requests"));
+    await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
+    for (const n of [10, 20, 30]) assert.equal(await client.call(n, { timeout: 1_000 }), fib(n));
+    // An older client's request, with only x-deadline 1 s ahead on our clock: 4 s behind the
+    // server's, so it is skipped, as before (the clock's lie is what x-timeout-ms fixes).
+    const { queue: replyTo, replies } = await broker.replyQueue();
+    broker.channel.sendToQueue(broker.queue, Buffer.from("5"), {
+      replyTo,
+      correlationId: "old client",
+      headers: { "x-deadline": Date.now() + 1_000 },
+    });
+    broker.channel.sendToQueue(broker.queue, Buffer.from("6"), {
+      replyTo,
+      correlationId: "new client, no time left",
+      headers: { "x-timeout-ms": 0 },
+    });
+    broker.channel.sendToQueue(broker.queue, Buffer.from("7"), { replyTo, correlationId: "none" });
+    await waitFor("the last reply", () => replies.length === 1);
+    assert.deepEqual(replies.map((reply) => reply.properties.correlationId), ["none"]);
+    const skipped = server.stdout.split("\n").filter((line) => line.includes("Skipped"));
+    assert.equal(skipped.length, 2, server.stdout);
+  },
+});
