@@ -1,8 +1,10 @@
 /**
- * Tests of deadlines on the server's side (rpc/deadlines.ts) against a real
- * broker: a request whose caller's deadline (`x-deadline`) has passed is
- * acked without being computed, and an overloaded server catches up at once
- * by skipping the requests nobody waits for.
+ * Tests of deadlines on the server's side (rpc/deadlines.ts): how the
+ * headers are read (the time left on the server's clock; an older client's
+ * instant; hostile values ignored), and, against a real broker, that a
+ * request whose caller's deadline has passed is acked without being
+ * computed, and an overloaded server catches up at once by skipping the
+ * requests nobody waits for. A server with a skewed clock: handlers_test.ts.
  *
  * Run: `deno test -A rpc/deadlines_test.ts`.
  *
@@ -11,7 +13,41 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { fib, FibonacciRpcClient, FibonacciRpcServer } from "./mod.ts";
+import { deadlineHeaders, MAX_TIMEOUT_MS, readDeadline } from "./deadlines.ts";
 import { BROKER_URL, openBroker, quiet, slowHandler, waitFor } from "./_test_util.ts";
+
+Deno.test("a request's deadline is the time left on the server's clock, else an older client's instant; hostile values count as none", () => {
+  const now = 1_000_000;
+  assert.deepEqual(deadlineHeaders(now + 1_500, now), {
+    "x-deadline": now + 1_500,
+    "x-timeout-ms": 1_500,
+  });
+  assert.equal(deadlineHeaders(now - 10, now)["x-timeout-ms"], 1, "never 0 or less");
+  // Both headers: the time left wins, whatever the caller's clock said.
+  assert.deepEqual(readDeadline({ "x-timeout-ms": 400, "x-deadline": 5 }, now), {
+    deadline: now + 400,
+    gaveUpAfter: now + 400,
+  });
+  // An older client: its instant, with grace for the clocks.
+  assert.deepEqual(readDeadline({ "x-deadline": now + 50 }, now), {
+    deadline: now + 50,
+    gaveUpAfter: now + 300,
+  });
+  const hostile = [-1, NaN, Infinity, MAX_TIMEOUT_MS + 1, "400", null, { value: 400 }, [400], true];
+  for (const value of hostile) {
+    assert.equal(readDeadline({ "x-timeout-ms": value }, now), undefined, String(value));
+    if (value !== MAX_TIMEOUT_MS + 1) { // a fine instant, in January 1970
+      assert.equal(readDeadline({ "x-deadline": value === -1 ? 0 : value }, now), undefined);
+    }
+    // A bad time left falls back to a good instant.
+    assert.equal(
+      readDeadline({ "x-timeout-ms": value, "x-deadline": now + 9 }, now)?.deadline,
+      now + 9,
+    );
+  }
+  assert.equal(readDeadline(undefined, now), undefined);
+  assert.equal(readDeadline(Object.create({ "x-timeout-ms": 5 }), now), undefined, "own keys only");
+});
 
 Deno.test("a request whose x-deadline has passed is acked without being computed, unless skipLate is false", async () => {
   await using broker = await openBroker();
