@@ -3,10 +3,14 @@
  * run many at once, their RequestContext, the caller's deadline and
  * `handlerTimeout` aborting their signal, `close()` with a hung handler,
  * handlers that throw anything, a lost channel under a running handler, and
- * a server whose clock runs 5 s ahead (libfaketime).
+ * a server whose clock runs 5 s ahead (libfaketime), and the broker's
+ * `consumer_timeout` closing the channel under a hung handler.
  *
  * Run: `deno test -A rpc/handlers_test.ts`. The clock test needs Debian's
- * faketime (`apt-get install -y faketime`); without it, it is ignored.
+ * faketime (`apt-get install -y faketime`); without it, it is ignored. The
+ * consumer_timeout test runs on the test cluster (RPC_TEST_CLUSTER=1, see
+ * rpc/_test_cluster.ts), where it shortens the timeout of node 1 for a
+ * while and restores it.
  *
  * @module
  */
@@ -23,6 +27,8 @@ import {
   RpcServer,
   type ServerOptions,
 } from "./mod.ts";
+import { CLUSTER_URLS, clusterTests, deleteQueue } from "./_test_cluster.ts";
+import { rabbitmqctl } from "./_test_faults.ts";
 import { FIB_SERVER, spawnDeno } from "./_test_process.ts";
 import { type Broker, BROKER_URL, delay, openBroker, waitFor } from "./_test_util.ts";
 import { loginUser } from "./urls.ts";
@@ -355,5 +361,73 @@ Deno.test({
     assert.deepEqual(replies.map((reply) => reply.properties.correlationId), ["none"]);
     const skipped = server.stdout.split("\n").filter((line) => line.includes("Skipped"));
     assert.equal(skipped.length, 2, server.stdout);
+  },
+});
+
+/** Node 1 of the test cluster, as rabbitmqctl names it (.ci/cluster.sh). */
+const NODE_1 = "rpc-cluster-1@localhost";
+
+/** Runs an Erlang expression on node 1 of the test cluster; its printed result. */
+async function onNode1(expression: string): Promise<string> {
+  return (await rabbitmqctl(["-n", NODE_1, "eval", expression], 30_000)).trim();
+}
+
+/**
+ * Sets `key` of the rabbit application on node 1 for the test's time:
+ * disposing it restores the value read first.
+ */
+async function setOnNode1(key: string, value: number) {
+  const before = await onNode1(`application:get_env(rabbit, ${key}).`);
+  const old = before.match(/^\{ok,(\d+)\}$/)?.[1];
+  await onNode1(`application:set_env(rabbit, ${key}, ${value}).`);
+  return {
+    [Symbol.asyncDispose]: async () =>
+      void await onNode1(
+        old === undefined
+          ? `application:unset_env(rabbit, ${key}).`
+          : `application:set_env(rabbit, ${key}, ${old}).`,
+      ),
+  };
+}
+
+Deno.test({
+  name:
+    "when the broker's consumer_timeout closes the channel under a hung handler, the server consumes again and answers",
+  ...clusterTests("handlers_test.ts"),
+  async fn() {
+    const url = CLUSTER_URLS[0];
+    const queue = `rpc_test.cluster.${crypto.randomUUID()}`;
+    // Read by each new channel: 3 s to ack, checked every second (60 s by default).
+    await using _timeout = await setOnNode1("consumer_timeout", 3_000);
+    await using _tick = await setOnNode1("channel_tick_interval", 1_000);
+    let signal: AbortSignal | undefined;
+    const logged: string[] = [];
+    try {
+      await using server = await RpcServer.start({
+        url,
+        queue,
+        concurrency: 1,
+        handler: (request, context) => {
+          if (decoder.decode(request) !== "hang") return "answered";
+          signal = context.signal;
+          return new Promise<string>(() => {}); // never settles, never acks
+        },
+        log: (line) => logged.push(line),
+      });
+      await using client = await RpcClient.connect({ url });
+      const hung = client.call(server.queue, "hang", { timeout: 2_000 });
+      await assert.rejects(hung, { code: "timeout" });
+      await waitFor(
+        "the broker to close the channel, and the server to consume again",
+        () => logged.filter((line) => line === " [x] Awaiting RPC requests").length >= 2,
+        30_000,
+      );
+      assert.equal(signal?.aborted, true, "the hung handler's signal aborted");
+      assert.equal(decoder.decode(await client.call(queue, "ok", { timeout: 5_000 })), "answered");
+    } catch (error) {
+      throw new Error(`${(error as Error).message}; the server's log:\n${logged.join("\n")}`);
+    } finally {
+      await deleteQueue(CLUSTER_URLS, queue);
+    }
   },
 });
