@@ -44,6 +44,9 @@ export interface RequestHost {
  *
  * @example
  * ```ts
+ * import type { Channel, ConsumeMessage } from "npm:amqplib@2.3.1";
+ *
+ * declare const host: RequestHost, channel: Channel, message: ConsumeMessage;
  * const request = new RpcRequest(host, channel, message);
  * if (request.address()) request.succeed("832040"); // replies, then acks
  * ```

@@ -61,8 +61,7 @@ export class RpcClient implements AsyncDisposable {
   readonly #retry: boolean;
   readonly #maxReplyBytes: number;
   readonly #urls: readonly URL[];
-  /** The user the client logs in as, sent as `user_id`; undefined when the URLs disagree. */
-  readonly #userId: string | undefined;
+  readonly #userId: string | undefined; // sent as `user_id`: see loginUser
   readonly #trace?: (line: string) => void;
   readonly #log: RateLimitedLog;
   readonly #inspector = new QueueInspector(() => this.#openSideChannel());
@@ -125,6 +124,7 @@ export class RpcClient implements AsyncDisposable {
    *
    * @example
    * ```ts
+   * await using client = await RpcClient.connect();
    * const reply = await client.call("rpc_queue", "30", { timeout: 5_000 });
    * new TextDecoder().decode(reply); // "832040"
    * ```

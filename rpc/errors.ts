@@ -78,6 +78,9 @@ export interface NoReplyDiagnosis {
  *
  * @example
  * ```ts
+ * import { RpcClient } from "./client.ts";
+ *
+ * await using client = await RpcClient.connect();
  * try {
  *   await client.call("rpc_queue", "30");
  * } catch (error) {

@@ -204,6 +204,7 @@ export class FibonacciRpcClient implements AsyncDisposable {
    *
    * @example
    * ```ts
+   * await using client = await FibonacciRpcClient.connect();
    * const result = await client.call(30, { timeout: 5_000 }); // 832040n
    * ```
    * @throws {RangeError} unless n is a non-negative safe integer.

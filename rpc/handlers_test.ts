@@ -3,12 +3,10 @@
  * run many at once, their RequestContext, the caller's deadline and
  * `handlerTimeout` aborting their signal, `close()` with a hung handler,
  * handlers that throw anything, a lost channel under a running handler, and
- * a server whose clock runs 5 s ahead (libfaketime), and the broker's
- * `consumer_timeout` closing the channel under a hung handler.
+ * the broker's `consumer_timeout` closing the channel under a hung handler.
+ * A server whose clock runs ahead: deadlines_test.ts.
  *
- * Run: `deno test -A rpc/handlers_test.ts`. The clock test needs Debian's
- * faketime (`apt-get install -y faketime`); without it, it is ignored. The
- * consumer_timeout test runs on the test cluster (RPC_TEST_CLUSTER=1, see
+ * Run: `deno test -A rpc/handlers_test.ts`. The consumer_timeout test runs on the test cluster (RPC_TEST_CLUSTER=1, see
  * rpc/_test_cluster.ts), where it shortens the timeout of node 1 for a
  * while and restores it.
  *
@@ -29,7 +27,6 @@ import {
 } from "./mod.ts";
 import { CLUSTER_URLS, clusterTests, deleteQueue } from "./_test_cluster.ts";
 import { rabbitmqctl } from "./_test_faults.ts";
-import { FIB_SERVER, spawnDeno } from "./_test_process.ts";
 import { type Broker, BROKER_URL, delay, openBroker, waitFor } from "./_test_util.ts";
 import { loginUser } from "./urls.ts";
 
@@ -325,43 +322,6 @@ Deno.test("after the broker closes the channel under a hung handler, the slots s
     decoder.decode(await client.call(server.queue, "next", { timeout: 3_000 })),
     "answered",
   );
-});
-
-const faketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-const hasFaketime = await Deno.stat(faketime).then(() => true, () => false);
-
-Deno.test({
-  name:
-    "a server whose clock runs 5 s ahead (libfaketime) answers 1 s calls, and still skips those whose time ran out",
-  ignore: !hasFaketime,
-  async fn() {
-    await using broker = await openBroker();
-    await using server = spawnDeno(["run", "-A", FIB_SERVER, "--queue", broker.queue], {
-      env: { LD_PRELOAD: faketime, FAKETIME: "+5s", AMQP_URL: BROKER_URL },
-      disposeSignal: "SIGTERM",
-    });
-    await waitFor("the server", () => server.stdout.includes(" [x] Awaiting RPC requests"));
-    await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
-    for (const n of [10, 20, 30]) assert.equal(await client.call(n, { timeout: 1_000 }), fib(n));
-    // An older client's request, with only x-deadline 1 s ahead on our clock: 4 s behind the
-    // server's, so it is skipped, as before (the clock's lie is what x-timeout-ms fixes).
-    const { queue: replyTo, replies } = await broker.replyQueue();
-    broker.channel.sendToQueue(broker.queue, Buffer.from("5"), {
-      replyTo,
-      correlationId: "old client",
-      headers: { "x-deadline": Date.now() + 1_000 },
-    });
-    broker.channel.sendToQueue(broker.queue, Buffer.from("6"), {
-      replyTo,
-      correlationId: "new client, no time left",
-      headers: { "x-timeout-ms": 0 },
-    });
-    broker.channel.sendToQueue(broker.queue, Buffer.from("7"), { replyTo, correlationId: "none" });
-    await waitFor("the last reply", () => replies.length === 1);
-    assert.deepEqual(replies.map((reply) => reply.properties.correlationId), ["none"]);
-    const skipped = server.stdout.split("\n").filter((line) => line.includes("Skipped"));
-    assert.equal(skipped.length, 2, server.stdout);
-  },
 });
 
 /** Node 1 of the test cluster, as rabbitmqctl names it (.ci/cluster.sh). */

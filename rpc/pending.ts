@@ -48,6 +48,7 @@ export interface PendingCall {
  *
  * @example
  * ```ts
+ * declare const call: PendingCall, signal: AbortSignal, reply: Uint8Array;
  * const pending = new PendingCalls((expired) => console.log(expired.length, "timed out"));
  * pending.add(call, signal);
  * pending.settle(call, reply); // resolves it, once
@@ -151,6 +152,9 @@ export class PendingCalls {
  *
  * @example
  * ```ts
+ * import type { Message } from "npm:amqplib@2.3.1";
+ *
+ * declare const pending: PendingCalls, call: PendingCall, message: Message;
  * pending.settle(call, readReply(call, message, 64 * 1024));
  * ```
  */

@@ -66,7 +66,12 @@ export function isBrokerNamed(replyTo: string): boolean {
  *
  * @example
  * ```ts
- * const replies = await ReplySender.open(urls, "my server replies", new RateLimitedLog(console.log));
+ * import { Buffer } from "node:buffer";
+ * import { RateLimitedLog } from "./log.ts";
+ *
+ * const urls = [new URL("amqp://localhost")];
+ * const log = new RateLimitedLog(console.log);
+ * const replies = await ReplySender.open(urls, "my server replies", log, () => {});
  * replies.publish("amq.gen-...", Buffer.from("832040"), { correlationId: "..." });
  * await replies.close();
  * ```
@@ -167,6 +172,10 @@ export function toBuffer(reply: Reply): Buffer {
  *
  * @example
  * ```ts
+ * import type { ConsumeMessage } from "npm:amqplib@2.3.1";
+ * import { RateLimitedLog } from "./log.ts";
+ *
+ * declare const message: ConsumeMessage;
  * const address = replyAddress(message, new RateLimitedLog(console.log), /^replies\./);
  * ```
  */
