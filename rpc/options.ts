@@ -62,8 +62,9 @@ export interface ServerOptions {
    * A handler's time limit, in ms. At that time its `signal` aborts, its
    * caller gets an error reply with code `"handler-timeout"`, its request
    * is acked and its slot freed for the next request; whatever it returns
-   * later is dropped. Default: none (the signal still aborts at the
-   * caller's deadline).
+   * later is dropped. Only an async handler can be timed out: one that
+   * computes without awaiting holds the event loop until it returns.
+   * Default: none (the signal still aborts at the caller's deadline).
    */
   handlerTimeout?: number;
   /**

@@ -83,19 +83,23 @@ export function hidePassword(text: string): string {
 }
 
 /**
- * The user name every one of `urls` logs in as (amqplib's default is
- * guest), or undefined if they differ: RabbitMQ refuses a publish whose
- * `user_id` is not the connection's user, so a client sends one only when
- * it is sure.
+ * The user name every one of `urls` logs in as, or undefined if they
+ * differ or one is not known: RabbitMQ refuses a publish whose `user_id`
+ * is not the connection's user (closing the channel), so a client sends
+ * one only when it is sure. A URL without credentials logs in as guest
+ * (amqplib's default) over `amqp:`; over `amqps:` it may log in with its
+ * client certificate (SASL EXTERNAL), whose user only the broker knows.
  *
  * @example
  * ```ts
  * loginUser([new URL("amqp://localhost")]); // "guest"
+ * loginUser([new URL("amqps://broker")]); // undefined
  * ```
  */
 export function loginUser(urls: readonly URL[]): string | undefined {
-  const users = new Set(
-    urls.map((url) => url.username || url.password ? decodeURIComponent(url.username) : "guest"),
-  );
+  const users = new Set(urls.map((url) => {
+    if (url.username || url.password) return decodeURIComponent(url.username);
+    return url.protocol === "amqp:" ? "guest" : undefined;
+  }));
   return users.size === 1 ? [...users][0] : undefined;
 }
