@@ -174,6 +174,24 @@ function noAnswer(queue: string, { consumers, queued }: NoReplyDiagnosis): strin
 }
 
 /**
+ * The codes of a call's failure, which a handler's own `RpcError` does not
+ * carry: thrown by a handler, such an error is one of its own calls to
+ * another service failing (`timeout`, `no-route`, ...), whose message names
+ * that service's queue. Its caller hears `internal`, as for any failure.
+ */
+const NOT_THE_HANDLERS: ReadonlySet<string> = new Set([
+  "remote",
+  "internal",
+  "handler-timeout",
+  "timeout",
+  "no-route",
+  "connection-lost",
+  "rejected",
+  "closed",
+  "bad-reply",
+]);
+
+/**
  * What a failed handler's caller is told: the `code` of the error reply
  * (its {@linkcode ERROR_CODE_HEADER}) and its text. For an internal error,
  * also the `id` the text names and the full `detail` (message and stack)
@@ -193,7 +211,9 @@ export interface HandlerFailure {
 /**
  * What the caller of a handler that threw `thrown` is told. A
  * {@linkcode BadRequestError} and a handler's own {@linkcode RpcError}
- * reach it with their code and message; anything else (any value: an
+ * (a code of its own, or `bad-request`) reach it with their code and
+ * message; anything else (an `RpcError` of a call the handler made to
+ * another service, any value: an
  * Error, `undefined`, a Symbol, an object without a prototype) reaches it
  * as `internal error (id …)`, naming no detail of it (a database URL in a
  * message is no business of the caller's), while `detail` keeps the whole
@@ -208,7 +228,10 @@ export interface HandlerFailure {
 export function handlerFailure(thrown: unknown): HandlerFailure {
   try {
     if (thrown instanceof BadRequestError) return { code: "bad-request", message: thrown.message };
-    if (thrown instanceof RpcError && typeof thrown.code === "string" && thrown.code) {
+    if (
+      thrown instanceof RpcError && typeof thrown.code === "string" && thrown.code &&
+      !NOT_THE_HANDLERS.has(thrown.code)
+    ) {
       return { code: thrown.code, message: String(thrown.message) };
     }
   } catch {

@@ -10,7 +10,14 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { BadRequestError, ERROR_CODE_HEADER, RpcServer, type ServerOptions } from "./mod.ts";
+import {
+  BadRequestError,
+  ERROR_CODE_HEADER,
+  RpcClient,
+  RpcError,
+  RpcServer,
+  type ServerOptions,
+} from "./mod.ts";
 import { BROKER_URL, openBroker, waitFor } from "./_test_util.ts";
 
 /** Publishes `body` to `queue` as a caller would, with this `reply_to`. */
@@ -124,4 +131,22 @@ Deno.test("an error reply carries type error, its code in x-error-code and its t
     line ?? "",
     /Error: insert failed: postgres:\/\/app:dbpass@10\.0\.0\.5\/prod\n +at /,
   );
+});
+
+Deno.test("a handler's failed call to another service reaches its caller as internal, not as that call's code and queue", async () => {
+  await using broker = await openBroker();
+  const hidden = broker.newQueue(); // another service's queue, never declared: no-route
+  await using upstream = await RpcClient.connect({ url: BROKER_URL });
+  await using server = await RpcServer.start({
+    url: BROKER_URL,
+    queue: broker.queue,
+    handler: (request) => upstream.call(hidden, request, { timeout: 2_000 }),
+    log: null,
+  });
+  await using client = await RpcClient.connect({ url: BROKER_URL });
+  await assert.rejects(client.call(server.queue, "x"), (error: RpcError) => {
+    assert.equal(error.code, "internal");
+    assert.ok(!error.message.includes(hidden), error.message);
+    return true;
+  });
 });
