@@ -25,6 +25,9 @@ import {
 } from "./replies.ts";
 import { type ProcessSpan, startProcessSpan } from "./tracing.ts";
 
+/** The reason a handler's signal aborts with at its caller's deadline. */
+const deadlineReason = () => new DOMException("the caller's deadline passed", "TimeoutError");
+
 /** What every request of one server shares. */
 export interface RequestHost {
   /** The queue requests come from. */
@@ -58,27 +61,33 @@ export class RpcRequest {
   readonly message: ConsumeMessage;
   /** When the caller stops waiting, on this server's clock; undefined if it said nothing. */
   readonly deadline?: ReceivedDeadline;
-  /** Resolves once the request is acked or given back: its slot is free. */
-  readonly done: Promise<void>;
   readonly #host: RequestHost;
-  readonly #finish: () => void;
-  readonly #controller = new AbortController();
   #span?: ProcessSpan;
   #address?: ReplyAddress;
   #timers: ReturnType<typeof setTimeout>[] = [];
   /** An outcome was taken (or the request abandoned): any later one is dropped. */
   #settled = false;
+  /** Acked or given back. */
   #finished = false;
-  /** Why the signal was aborted by the caller's deadline, if it was. */
-  #deadlinePassed = false;
+  #done?: PromiseWithResolvers<void>;
+  // The handler's signal is made only if the handler reads it: most never do.
+  #controller?: AbortController;
+  #abortReason?: DOMException;
+  /** An async handler runs: the signal, once made, aborts at the deadline. */
+  #watching = false;
 
   constructor(host: RequestHost, channel: Channel, message: ConsumeMessage) {
     this.#host = host;
     this.channel = channel;
     this.message = message;
     this.deadline = readDeadline(message.properties.headers, Date.now());
-    const { promise, resolve } = Promise.withResolvers<void>();
-    [this.done, this.#finish] = [promise, resolve];
+  }
+
+  /** Resolves once the request is acked or given back: its slot is free. */
+  get done(): Promise<void> {
+    this.#done ??= Promise.withResolvers<void>();
+    if (this.#finished) this.#done.resolve();
+    return this.#done.promise;
   }
 
   /** Starts the request's trace span, if tracing is on (at no cost if not). */
@@ -117,7 +126,8 @@ export class RpcRequest {
   /** What the handler knows of the request. */
   context(): RequestContext {
     const { properties, fields } = this.message;
-    if (this.deadline && this.deadline.deadline <= Date.now()) this.#deadlineAborts();
+    if (this.#deadlinePassed()) this.#abort(deadlineReason());
+    const signal = () => this.#signal();
     return {
       queue: this.#host.queue,
       correlationId: String(properties.correlationId),
@@ -125,8 +135,30 @@ export class RpcRequest {
       userId: typeof properties.userId === "string" ? properties.userId : undefined,
       redelivered: fields.redelivered,
       deadline: this.deadline?.deadline,
-      signal: this.#controller.signal,
+      get signal() {
+        return signal();
+      },
     };
+  }
+
+  /** The handler's signal, made when first read. */
+  #signal(): AbortSignal {
+    if (!this.#controller) {
+      this.#controller = new AbortController();
+      if (this.#abortReason) this.#controller.abort(this.#abortReason);
+      else if (this.#watching) this.#watchDeadline();
+    }
+    return this.#controller.signal;
+  }
+
+  #abort(reason: DOMException): void {
+    if (this.#abortReason) return;
+    this.#abortReason = reason;
+    this.#controller?.abort(reason);
+  }
+
+  #deadlinePassed(): boolean {
+    return this.deadline !== undefined && Date.now() >= this.deadline.deadline;
   }
 
   /** Runs `work` (the handler) inside the request's span, so that its own spans nest under it. */
@@ -141,10 +173,8 @@ export class RpcRequest {
    * its slot freed.
    */
   watch(handlerTimeout: number | undefined): void {
-    if (this.deadline && !this.#controller.signal.aborted) {
-      const left = this.deadline.deadline - Date.now();
-      if (left <= MAX_TIMEOUT_MS) this.#after(left, () => this.#deadlineAborts());
-    }
+    this.#watching = true;
+    if (this.#controller) this.#watchDeadline();
     if (handlerTimeout !== undefined) {
       this.#after(handlerTimeout, () => this.#timedOut(handlerTimeout));
     }
@@ -154,15 +184,16 @@ export class RpcRequest {
     this.#timers.push(setTimeout(then, Math.max(0, ms)));
   }
 
-  #deadlineAborts(): void {
-    this.#deadlinePassed = true;
-    this.#controller.abort(new DOMException("the caller's deadline passed", "TimeoutError"));
+  #watchDeadline(): void {
+    if (!this.deadline || this.#abortReason) return;
+    const left = this.deadline.deadline - Date.now();
+    if (left <= MAX_TIMEOUT_MS) this.#after(left, () => this.#abort(deadlineReason()));
   }
 
   #timedOut(ms: number): void {
     if (this.#settled) return;
     const text = `the handler ran out of time (handlerTimeout ${ms} ms)`;
-    this.#controller.abort(new DOMException(text, "TimeoutError"));
+    this.#abort(new DOMException(text, "TimeoutError"));
     this.#host.log.write(
       ` [!] Handler timed out after ${ms} ms; a later result is dropped`,
       "refused",
@@ -183,7 +214,7 @@ export class RpcRequest {
     if (this.#settled) return;
     const failure = handlerFailure(thrown);
     const log = this.#host.log;
-    if (failure.id && this.#deadlinePassed) {
+    if (failure.id && this.#deadlinePassed()) {
       // Most likely the abort itself (fetch rejects with the signal's reason): not worth a stack.
       const message = "the caller's deadline passed before the handler finished";
       log.write(` [!] Handler stopped: ${message}`, "refused");
@@ -241,7 +272,7 @@ export class RpcRequest {
     if (this.#finished) return;
     this.#settled = true;
     this.#clearTimers();
-    this.#controller.abort(new DOMException(reason, "AbortError"));
+    this.#abort(new DOMException(reason, "AbortError"));
     if (giveBack) this.giveBack();
     else this.#finishNow();
     this.#span?.end({ code: "requeued", message: reason });
@@ -273,7 +304,7 @@ export class RpcRequest {
   #finishNow(): void {
     this.#finished = true;
     this.#clearTimers();
-    this.#finish();
+    this.#done?.resolve();
   }
 
   #clearTimers(): void {
