@@ -91,10 +91,12 @@ export interface ServerOptions {
    */
   queueType?: "quorum" | "classic";
   /**
-   * Skip requests whose caller has given up: a request whose deadline (the
-   * `x-deadline` header our client sends) passed more than
-   * `DEADLINE_GRACE_MS` ago is acked without being computed. Default:
-   * `true`. Requests without the header are always computed.
+   * Skip requests whose caller has given up: a request taken after its
+   * deadline is acked without being computed. The deadline is the
+   * `x-timeout-ms` our client sends, counted on this server's clock from
+   * receipt; from older clients, their `x-deadline` plus
+   * `DEADLINE_GRACE_MS` (see rpc/deadlines.ts). Default: `true`. Requests
+   * without either header are always computed.
    */
   skipLate?: boolean;
   /** Where log lines go. Default: `console.log`; `null` silences them. */
