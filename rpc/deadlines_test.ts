@@ -167,3 +167,30 @@ Deno.test({
     assert.equal(skipped.length, 2, server.stdout);
   },
 });
+
+Deno.test("a request given back after its caller's time ran out is not computed again: the broker keeps its expiration", async () => {
+  await using broker = await openBroker();
+  let started = 0;
+  const hung = await FibonacciRpcServer.start({
+    url: BROKER_URL,
+    queue: broker.queue,
+    handler: () => (started++, new Promise<bigint>(() => {})), // never settles
+    closeTimeout: 100,
+    ...quiet,
+  });
+  await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
+  await assert.rejects(client.call(10, { timeout: 500 }), { code: "timeout" });
+  await hung.close(); // gives the request back, after its time ran out
+  assert.equal(started, 1);
+  const seen: number[] = [];
+  await using _next = await FibonacciRpcServer.start({
+    url: BROKER_URL,
+    queue: broker.queue,
+    handler: (n) => (seen.push(n), fib(n)),
+    skipLate: false, // so that only the broker can keep it from this server
+    ...quiet,
+  });
+  assert.equal(await client.call(11, { timeout: 5_000 }), 89n);
+  assert.deepEqual(seen, [11], "the expired request was never delivered again");
+  assert.equal(await broker.messageCount(broker.queue), 0);
+});
