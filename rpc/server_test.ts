@@ -369,3 +369,29 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name:
+    "after the broker closes the request connection under a hung handler, the slots start clean and the server answers again",
+  ...brokerSide,
+  async fn() {
+    const logged: string[] = [];
+    let started = 0;
+    await using pair = await startPair({
+      url: URL_WITH_PASSWORD,
+      concurrency: 1,
+      // The first delivery hangs; a redelivery (the request may come back) answers.
+      handler: (n) => n === 1 && started++ === 0 ? new Promise<bigint>(() => {}) : fib(n),
+      log: (line) => logged.push(line),
+    });
+    const { server, client } = pair;
+    client.call(1, { timeout: 1_000 }).catch(() => {}); // holds the only slot for good
+    await waitFor("the hung handler", () => started >= 1);
+    await closeFromBroker(server.connectionName);
+    await waitFor(
+      "the server to consume again",
+      () => logged.filter((line) => line === " [x] Awaiting RPC requests").length === 2,
+    );
+    assert.equal(await client.call(7, { timeout: 3_000 }), 13n);
+  },
+});
