@@ -81,12 +81,10 @@ if (import.meta.main) {
       }
       : (request) => String(fib(readN(request))),
   };
-  // `concurrency` comes with issue 25's handler model; the cast lets this
-  // type-check before that merge (remove it after: the option will exist).
   const server = await RpcServer.start(
     values.concurrency === undefined
       ? options
-      : { ...options, concurrency: Number(values.concurrency) } as ServerOptions,
+      : { ...options, concurrency: Number(values.concurrency) },
   );
   const stop = () => server.close().finally(() => Deno.exit(0));
   Deno.addSignalListener("SIGTERM", stop);

@@ -15,7 +15,7 @@ import type {
 } from "npm:amqplib@2.3.1";
 import { type Backoff, backoffDelay } from "./_backoff.ts";
 import { ignoreError, openConnection } from "./connection.ts";
-import { checkTimeout, DEADLINE_HEADER } from "./deadlines.ts";
+import { checkTimeout, deadlineHeaders } from "./deadlines.ts";
 import { QueueInspector } from "./diagnosis.ts";
 import { type NoReplyDiagnosis, RpcError, timeoutError } from "./errors.ts";
 import {
@@ -29,7 +29,7 @@ import { type PendingCall, PendingCalls, readReply } from "./pending.ts";
 import { Session } from "./session.ts";
 import { startCallSpan } from "./tracing.ts";
 import { invokeProcedure, type Procedure } from "./procedure.ts";
-import { brokerUrls } from "./urls.ts";
+import { brokerUrls, loginUser } from "./urls.ts";
 
 /** Waits before a refused request goes out again with `retry`: 50 ms, doubling up to 1 s. */
 const REFUSED_RETRY_BACKOFF: Backoff = { first: 50, max: 1_000 };
@@ -62,6 +62,7 @@ export class RpcClient implements AsyncDisposable {
   readonly #retry: boolean;
   readonly #maxReplyBytes: number;
   readonly #urls: readonly URL[];
+  readonly #userId: string | undefined; // sent as `user_id`: see loginUser
   readonly #trace?: (line: string) => void;
   readonly #log: RateLimitedLog;
   readonly #inspector = new QueueInspector(() => this.#openSideChannel());
@@ -70,6 +71,7 @@ export class RpcClient implements AsyncDisposable {
 
   private constructor(options: ClientOptions) {
     this.#urls = brokerUrls(options.url);
+    this.#userId = loginUser(this.#urls);
     this.#timeout = checkTimeout(options.timeout ?? DEFAULT_TIMEOUT_MS);
     this.#replyQueue = options.replyQueue ?? "exclusive";
     this.#retry = options.retry ?? false;
@@ -124,6 +126,7 @@ export class RpcClient implements AsyncDisposable {
    *
    * @example
    * ```ts
+   * await using client = await RpcClient.connect();
    * const reply = await client.call("rpc_queue", "30", { timeout: 5_000 });
    * new TextDecoder().decode(reply); // "832040"
    * ```
@@ -158,7 +161,7 @@ export class RpcClient implements AsyncDisposable {
           : Buffer.from(request.buffer, request.byteOffset, request.byteLength),
         contentType: options.contentType,
         correlationId,
-        traceHeaders: span?.headers,
+        headers: options.headers || span ? { ...options.headers, ...span?.headers } : undefined,
         deadline: Date.now() + timeout,
         timeout,
         retry: options.retry ?? this.#retry,
@@ -215,7 +218,8 @@ export class RpcClient implements AsyncDisposable {
           contentType: call.contentType,
           mandatory: true, // come back if no queue takes it
           expiration: String(Math.max(1, call.deadline - Date.now())), // nobody waits after this
-          headers: { ...call.traceHeaders, [DEADLINE_HEADER]: call.deadline }, // servers skip what nobody awaits
+          headers: { ...call.headers, ...deadlineHeaders(call.deadline) }, // servers skip what nobody awaits
+          userId: this.#userId, // the broker checks it: the server learns who called
         },
         call.deadline,
         (refusal) => refusal && this.#refused(call, session, refusal),

@@ -1,7 +1,7 @@
 /**
  * Tests of the Fibonacci client (FibonacciRpcClient) against a real broker:
  * its callback queues, the replies it drops, what it puts on each request,
- * aborts, calls to no queue, the cap on replies, retrying after a lost
+ * the code of an error reply, aborts, calls to no queue, the cap on replies, retrying after a lost
  * connection, and how few socket writes a burst of calls takes. What a
  * timeout says about why: diagnosis_test.ts.
  *
@@ -134,7 +134,7 @@ Deno.test("a server that dies between its reply and its ack: the request is answ
   assert.equal(await client.call(9), 34n);
 });
 
-Deno.test("each request carries reply_to, a fresh correlation_id, and its deadline as expiration and x-deadline", async () => {
+Deno.test("each request carries reply_to, a fresh correlation_id, user_id, its headers, and its deadline as expiration, x-timeout-ms and x-deadline", async () => {
   await using broker = await openBroker();
   await broker.channel.assertQueue(broker.queue);
   const requests: Message[] = [];
@@ -153,8 +153,10 @@ Deno.test("each request carries reply_to, a fresh correlation_id, and its deadli
   });
   const before = Date.now();
   assert.equal(await client.call(7), 13n);
-  assert.equal(await client.call(8, { timeout: 2_000 }), 21n);
+  assert.equal(await client.call(8, { timeout: 2_000, headers: { tenant: "acme" } }), 21n);
   const after = Date.now();
+  assert.equal(requests[1].properties.headers?.tenant, "acme");
+  assert.equal(requests[0].properties.headers?.tenant, undefined);
   assert.equal(requests.length, 2);
   for (const [request, n, timeout] of [[requests[0], 7, 5_000], [requests[1], 8, 2_000]] as const) {
     const { replyTo, correlationId, expiration, headers } = request.properties;
@@ -167,6 +169,9 @@ Deno.test("each request carries reply_to, a fresh correlation_id, and its deadli
       `x-deadline ${deadline}`,
     );
     assert.ok(0 < Number(expiration) && Number(expiration) <= timeout, `expiration ${expiration}`);
+    const left = headers?.["x-timeout-ms"];
+    assert.ok(timeout - 1_000 < left && left <= timeout, `x-timeout-ms ${left}`);
+    assert.equal(request.properties.userId, new URL(BROKER_URL).username || "guest");
   }
   assert.notEqual(requests[0].properties.correlationId, requests[1].properties.correlationId);
 });
@@ -219,6 +224,33 @@ Deno.test("an aborted call rejects with the signal's reason and its late reply i
   await waitFor("the reply to the aborted call", () => client.droppedReplies === 1);
   assert.equal(await client.call(12, { signal: new AbortController().signal }), 144n);
   assert.deepEqual(held.seen, [10, 12], "an already aborted call is never sent");
+});
+
+Deno.test("an error reply's x-error-code becomes the RpcError's code; without one, or with one that is no short word, the code is remote", async () => {
+  await using broker = await openBroker();
+  await broker.channel.assertQueue(broker.queue);
+  const codes: Record<string, unknown> = {
+    "1": "out-of-stock",
+    "2": undefined, // an older server, or another tutorial server
+    "3": "x".repeat(65),
+    "4": "two words",
+    "5": 42,
+  };
+  await broker.channel.consume(broker.queue, (request) => {
+    if (!request) return;
+    const code = codes[request.content.toString()];
+    broker.channel.sendToQueue(request.properties.replyTo, Buffer.from("it failed"), {
+      correlationId: request.properties.correlationId,
+      type: "error",
+      headers: code === undefined ? {} : { "x-error-code": code },
+    });
+    broker.channel.ack(request);
+  });
+  await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
+  const expected = ["out-of-stock", "remote", "remote", "remote", "remote"];
+  for (const [i, code] of expected.entries()) {
+    await assert.rejects(client.call(i + 1), { name: "RpcError", code, message: "it failed" });
+  }
 });
 
 Deno.test("a reply larger than the client accepts fails with bad-reply, unread", async () => {

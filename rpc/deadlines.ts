@@ -1,24 +1,100 @@
 /**
- * Deadlines: the header that carries a call's deadline to the server, and
- * one timer for all of a client's pending calls.
+ * Deadlines: the headers that carry a call's deadline to the server, how
+ * the server reads them on its own clock, and one timer for all of a
+ * client's pending calls.
  *
  * @module
  */
 
 /**
  * Our client sends each request's deadline in this header: ms since 1970
- * by the caller's clock. Other tutorial clients send none.
+ * by the caller's clock. Older servers read only this one; a server reads
+ * it only when {@linkcode TIMEOUT_HEADER} is missing (an older client).
  */
 export const DEADLINE_HEADER = "x-deadline";
 
 /**
- * How long past its caller's deadline a request is still computed, in ms.
- * The deadline is read on another machine's clock: this allows for clocks
- * up to a quarter of a second apart (NTP keeps them within milliseconds).
- * A server whose clock runs ahead by more skips requests its callers still
- * wait for; one that runs behind computes some that nobody reads.
+ * Our client sends, in this header, the ms its caller still waits at the
+ * moment the request is published, as gRPC's `grpc-timeout` does. The
+ * server adds it to its own clock on receipt, so clocks that disagree by
+ * seconds do not matter. The time a request waits in the queue is not in
+ * it: the broker drops a request that waits past its `expiration` (which
+ * the client sets to the same ms), redelivered ones included.
+ */
+export const TIMEOUT_HEADER = "x-timeout-ms";
+
+/**
+ * How long past its caller's deadline a request is still computed, in ms,
+ * when the caller sent only {@linkcode DEADLINE_HEADER} (an older client):
+ * that instant is read on another machine's clock, so this allows for
+ * clocks up to a quarter of a second apart. A server whose clock runs
+ * ahead by more skips requests its callers still wait for; one that runs
+ * behind computes some that nobody reads.
  */
 export const DEADLINE_GRACE_MS = 250;
+
+/** The longest timeout a request may carry, in ms: about 24.8 days, the longest timer there is. */
+export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/**
+ * The deadline headers of a request published now whose caller waits
+ * until `deadline` (ms since 1970, this clock): both the time left
+ * ({@linkcode TIMEOUT_HEADER}) and, for older servers, the instant
+ * ({@linkcode DEADLINE_HEADER}).
+ *
+ * @example
+ * ```ts
+ * deadlineHeaders(Date.now() + 5_000); // { "x-deadline": 17…, "x-timeout-ms": 5000 }
+ * ```
+ */
+export function deadlineHeaders(deadline: number, now: number = Date.now()): {
+  [DEADLINE_HEADER]: number;
+  [TIMEOUT_HEADER]: number;
+} {
+  const left = Math.min(MAX_TIMEOUT_MS, Math.max(1, Math.ceil(deadline - now)));
+  return { [DEADLINE_HEADER]: deadline, [TIMEOUT_HEADER]: left };
+}
+
+/** A request's deadline as a server reads it: see {@linkcode readDeadline}. */
+export interface ReceivedDeadline {
+  /** When the caller stops waiting: ms since 1970 on the server's clock. */
+  readonly deadline: number;
+  /**
+   * Past this instant the caller has surely given up: the deadline, plus
+   * {@linkcode DEADLINE_GRACE_MS} when it was read on the caller's clock.
+   */
+  readonly gaveUpAfter: number;
+}
+
+/**
+ * The deadline a request carries, on this server's clock, from headers
+ * received at `receivedAt`: the time left ({@linkcode TIMEOUT_HEADER})
+ * added to `receivedAt`; else, from an older client, its instant
+ * ({@linkcode DEADLINE_HEADER}), taken as it is. Headers are input: a
+ * value that is not a number in range counts as absent; `undefined` when
+ * there is no usable deadline.
+ *
+ * @example
+ * ```ts
+ * readDeadline({ "x-timeout-ms": 400 }, Date.now())?.deadline; // 400 ms from now
+ * ```
+ */
+export function readDeadline(
+  headers: Readonly<Record<string, unknown>> | undefined,
+  receivedAt: number,
+): ReceivedDeadline | undefined {
+  if (!headers) return undefined;
+  const left = Object.hasOwn(headers, TIMEOUT_HEADER) ? headers[TIMEOUT_HEADER] : undefined;
+  if (typeof left === "number" && left >= 0 && left <= MAX_TIMEOUT_MS) {
+    const deadline = receivedAt + Math.ceil(left);
+    return { deadline, gaveUpAfter: deadline };
+  }
+  const at = Object.hasOwn(headers, DEADLINE_HEADER) ? headers[DEADLINE_HEADER] : undefined;
+  if (typeof at === "number" && Number.isFinite(at) && at > 0) {
+    return { deadline: at, gaveUpAfter: at + DEADLINE_GRACE_MS };
+  }
+  return undefined;
+}
 
 /**
  * Throws a RangeError unless the timeout is a positive whole number of ms.

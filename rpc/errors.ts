@@ -78,6 +78,9 @@ export interface NoReplyDiagnosis {
  *
  * @example
  * ```ts
+ * import { RpcClient } from "./client.ts";
+ *
+ * await using client = await RpcClient.connect();
  * try {
  *   await client.call("rpc_queue", "30");
  * } catch (error) {
@@ -168,4 +171,102 @@ function noAnswer(queue: string, { consumers, queued }: NoReplyDiagnosis): strin
   return `${servers} "${queue}" and no request waits in it: a server took the request ` +
     `and did not answer in time (a slow handler, or a lost reply), or the request expired ` +
     `in the queue before a server took it (a queue TTL, x-message-ttl?)`;
+}
+
+/**
+ * The codes of a call's failure, which a handler's own `RpcError` does not
+ * carry: thrown by a handler, such an error is one of its own calls to
+ * another service failing (`timeout`, `no-route`, ...), whose message names
+ * that service's queue. Its caller hears `internal`, as for any failure.
+ */
+const NOT_THE_HANDLERS: ReadonlySet<string> = new Set([
+  "remote",
+  "internal",
+  "handler-timeout",
+  "timeout",
+  "no-route",
+  "connection-lost",
+  "rejected",
+  "closed",
+  "bad-reply",
+]);
+
+/**
+ * What a failed handler's caller is told: the `code` of the error reply
+ * (its {@linkcode ERROR_CODE_HEADER}) and its text. For an internal error,
+ * also the `id` the text names and the full `detail` (message and stack)
+ * that only the server's log gets.
+ */
+export interface HandlerFailure {
+  /** The error reply's code. */
+  readonly code: RpcErrorCode;
+  /** The error reply's body: what the caller reads. */
+  readonly message: string;
+  /** For `"internal"`: the id that names the error in the caller's message and in the log. */
+  readonly id?: string;
+  /** For `"internal"`: the whole error, for the server's log only. */
+  readonly detail?: string;
+}
+
+/**
+ * What the caller of a handler that threw `thrown` is told. A
+ * {@linkcode BadRequestError} and a handler's own {@linkcode RpcError}
+ * (a code of its own, or `bad-request`) reach it with their code and
+ * message; anything else (an `RpcError` of a call the handler made to
+ * another service, any value: an
+ * Error, `undefined`, a Symbol, an object without a prototype) reaches it
+ * as `internal error (id …)`, naming no detail of it (a database URL in a
+ * message is no business of the caller's), while `detail` keeps the whole
+ * error for the server's log.
+ *
+ * @example
+ * ```ts
+ * handlerFailure(new BadRequestError("empty request")); // { code: "bad-request", message: "empty request" }
+ * handlerFailure(new Error("insert failed: postgres://app:pw@db/prod")).message; // "internal error (id 3f2a9c1e)"
+ * ```
+ */
+export function handlerFailure(thrown: unknown): HandlerFailure {
+  try {
+    if (thrown instanceof BadRequestError) return { code: "bad-request", message: thrown.message };
+    if (
+      thrown instanceof RpcError && typeof thrown.code === "string" && thrown.code &&
+      !NOT_THE_HANDLERS.has(thrown.code)
+    ) {
+      return { code: thrown.code, message: String(thrown.message) };
+    }
+  } catch {
+    // A value whose very reading throws: internal, below.
+  }
+  const id = crypto.randomUUID().slice(0, 8);
+  return {
+    code: "internal",
+    message: `internal error (id ${id})`,
+    id,
+    detail: describeThrown(thrown),
+  };
+}
+
+/**
+ * Any thrown value as text, for a log: an Error's stack (its message
+ * included), else the value as a string. Never throws, whatever the value
+ * (`Object.create(null)` has no `toString`; a Proxy may throw on any look).
+ *
+ * @example
+ * ```ts
+ * describeThrown(Object.create(null)); // "thrown [object Object]"
+ * ```
+ */
+export function describeThrown(thrown: unknown): string {
+  try {
+    if (thrown instanceof Error) return String(thrown.stack || `${thrown.name}: ${thrown.message}`);
+    return typeof thrown === "symbol"
+      ? thrown.toString()
+      : `thrown ${typeof thrown}: ${String(thrown)}`;
+  } catch {
+    try {
+      return `thrown ${Object.prototype.toString.call(thrown)}`;
+    } catch {
+      return "thrown a value that cannot be read";
+    }
+  }
 }

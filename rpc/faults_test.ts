@@ -99,7 +99,11 @@ Deno.test("with retry, a refused request goes out again after a short backoff, o
 
 Deno.test("closing a server with a backlog finishes the request in progress and gives the rest back to the queue at once", async () => {
   const seen: number[] = [];
-  await using pair = await startPair({ handler: slowHandler(200, seen), prefetch: 50 });
+  await using pair = await startPair({
+    handler: slowHandler(200, seen),
+    prefetch: 50,
+    concurrency: 1,
+  });
   const { broker, client, server } = pair;
   const calls = Array.from({ length: 20 }, (_, n) => client.call(n, { timeout: 20_000 }));
   await waitFor(

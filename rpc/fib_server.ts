@@ -39,7 +39,13 @@ Options:
                    between them (default: $AMQP_URL, commas between URLs,
                    else amqp://localhost)
   --queue NAME     request queue (default: rpc_queue)
-  --prefetch N     unacked requests at once, 1 to 65535 (default: ${DEFAULT_PREFETCH})
+  --prefetch N     unacked requests at once, 1 to 65535 (default: ${DEFAULT_PREFETCH},
+                   or --concurrency if larger)
+  --concurrency N  handlers running at once, 1 to 65535, at most --prefetch
+                   (default: the prefetch)
+  --handler-timeout MS
+                   a handler's time limit: its caller then gets an error
+                   reply (code handler-timeout) (default: none)
   --queue-type T   how to declare a new queue: "quorum" (default; durable,
                    as today's tutorials declare it) or "classic" (non-durable,
                    as older copies and amqplib's bundled examples do)
@@ -64,6 +70,8 @@ function readCommandLine(
     url: { type: "string", multiple: true },
     queue: { type: "string" },
     prefetch: { type: "string" },
+    concurrency: { type: "string" },
+    "handler-timeout": { type: "string" },
     "queue-type": { type: "string" },
     "no-skip-late": { type: "boolean" },
     "health-port": { type: "string" },
@@ -73,12 +81,20 @@ function readCommandLine(
     ...TLS_OPTIONS,
   });
   if (values.help) return "help";
-  const prefetch = wholeNumber(
-    "--prefetch",
-    (values.prefetch as string | undefined) ?? String(DEFAULT_PREFETCH),
-    isPrefetch,
-    PREFETCH_RULE,
-  );
+  const count = (name: string, text: string | undefined) =>
+    text === undefined ? undefined : wholeNumber(name, text, isPrefetch, PREFETCH_RULE);
+  const prefetch = count("--prefetch", values.prefetch as string | undefined);
+  const concurrency = count("--concurrency", values.concurrency as string | undefined);
+  if (prefetch !== undefined && concurrency !== undefined && prefetch < concurrency) {
+    throw new UsageError(
+      `--prefetch (${prefetch}) must be at least --concurrency (${concurrency})`,
+    );
+  }
+  const timeout = values["handler-timeout"] as string | undefined;
+  const handlerTimeout = timeout === undefined
+    ? undefined
+    : wholeNumber("--handler-timeout", timeout, (ms) =>
+      ms >= 1 && ms < 2 ** 31, "a whole number of ms from 1 to 2147483647");
   if (values.queue === "") throw new UsageError("--queue must not be empty");
   const url = urlsFromCommandLine(values.url as string[] | undefined);
   return {
@@ -86,6 +102,8 @@ function readCommandLine(
     tls: tlsFromCommandLine(values, url),
     queue: values.queue as string | undefined,
     prefetch,
+    concurrency,
+    handlerTimeout,
     queueType: oneOf("--queue-type", (values["queue-type"] as string) ?? "quorum", [
       "quorum",
       "classic",

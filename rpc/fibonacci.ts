@@ -7,6 +7,7 @@
  */
 import { Buffer } from "node:buffer";
 import { RpcClient } from "./client.ts";
+import type { RequestContext } from "./context.ts";
 import { BadRequestError, RpcError } from "./errors.ts";
 import type { CallOptions, ClientOptions, ServerOptions } from "./options.ts";
 import { RpcServer } from "./server.ts";
@@ -47,11 +48,12 @@ export interface FibonacciServerOptions
   /** The request queue. Default: `"rpc_queue"`, as in the tutorial. */
   queue?: string;
   /**
-   * Computes the answer for a valid `n` (0 to {@linkcode MAX_N}). Default:
-   * {@linkcode fib}. It may be async; if it throws, the caller gets an error
-   * reply carrying the message.
+   * Computes the answer for a valid `n` (0 to {@linkcode MAX_N}), with the
+   * request's {@linkcode RequestContext}. Default: {@linkcode fib}. It may
+   * be async; if it throws, the caller gets an error reply (see
+   * {@linkcode RpcServer}).
    */
-  handler?: (n: number) => bigint | Promise<bigint>;
+  handler?: (n: number, context: RequestContext) => bigint | Promise<bigint>;
 }
 
 /**
@@ -79,8 +81,8 @@ export class FibonacciRpcServer implements AsyncDisposable {
     const server = await RpcServer.start({
       ...options,
       queue: options.queue ?? DEFAULT_QUEUE,
-      handler: (request) => {
-        const result = compute(readRequest(request));
+      handler: (request, context) => {
+        const result = compute(readRequest(request), context);
         return result instanceof Promise ? result.then(String) : String(result);
       },
       describe: describeRequest,
@@ -208,6 +210,7 @@ export class FibonacciRpcClient implements AsyncDisposable {
    *
    * @example
    * ```ts
+   * await using client = await FibonacciRpcClient.connect();
    * const result = await client.call(30, { timeout: 5_000 }); // 832040n
    * ```
    * @throws {RangeError} unless n is a non-negative safe integer.

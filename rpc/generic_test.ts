@@ -1,8 +1,9 @@
 /**
  * Tests of the generic layer (RpcServer and RpcClient) against a real
  * broker: handlers that return text or bytes, at once or later, that throw
- * plain errors or BadRequestError; many calls at once; one client calling
- * two queues.
+ * plain errors, BadRequestError or an RpcError of their own; many calls at
+ * once; one client calling two queues. Concurrency, the context, time
+ * limits: handlers_test.ts; reply_to and error replies: trust_test.ts.
  *
  * Run: `deno test -A rpc/generic_test.ts`.
  *
@@ -96,30 +97,38 @@ Deno.test("an async handler's result reaches its caller when it resolves", async
   assert.equal(server.answered, 3);
 });
 
-Deno.test("a handler that throws: the caller gets an RpcError with code remote and the message, and the server goes on", async () => {
+Deno.test("a handler that throws: the caller gets code internal with an id and no detail, the log has the detail under that id, and the server goes on", async () => {
   await using broker = await openBroker();
   await using server = await startServer(broker, (request) => {
     const text = decoder.decode(request);
-    if (text === "throw") throw new Error("asked to throw");
+    if (text === "throw") throw new Error("insert failed: postgres://app:dbpass@10.0.0.5/prod");
     if (text === "reject") return Promise.reject(new Error("asked to reject"));
     return text.toUpperCase();
   });
   await using client = await RpcClient.connect({ url: BROKER_URL });
-  await assert.rejects(client.call(server.queue, "throw"), (error: RpcError) => {
-    assert.ok(error instanceof RpcError);
-    assert.equal(error.name, "RpcError");
-    assert.equal(error.code, "remote");
-    assert.equal(error.message, "asked to throw");
-    return true;
-  });
-  await assert.rejects(client.call(server.queue, "reject"), {
-    name: "RpcError",
-    code: "remote",
-    message: "asked to reject",
-  });
+  const ids: string[] = [];
+  for (const request of ["throw", "reject"]) {
+    await assert.rejects(client.call(server.queue, request), (error: RpcError) => {
+      assert.ok(error instanceof RpcError);
+      assert.equal(error.name, "RpcError");
+      assert.equal(error.code, "internal");
+      const id = error.message.match(/^internal error \(id (\w{8})\)$/)?.[1];
+      assert.ok(id, error.message);
+      ids.push(id);
+      return true;
+    });
+  }
   assert.equal(decoder.decode(await client.call(server.queue, "still here")), "STILL HERE");
   assert.equal(server.answered, 3, "two error replies and one result");
   assert.equal(client.pendingCalls, 0);
+  const [thrown, rejected] = ids.map((id) =>
+    server.logged.find((line) => line.startsWith(` [!] Handler failed (id ${id}): `))
+  );
+  assert.match(
+    thrown ?? "",
+    /Error: insert failed: postgres:\/\/app:dbpass@10\.0\.0\.5\/prod\n +at /,
+  );
+  assert.match(rejected ?? "", /Error: asked to reject\n +at /, "message and stack");
 });
 
 Deno.test("200 calls at once over one client are all answered, each with its own reply", async () => {
@@ -139,26 +148,26 @@ Deno.test("200 calls at once over one client are all answered, each with its own
   assert.equal(client.droppedReplies, 0);
 });
 
-Deno.test("a BadRequestError is logged as a bad request, a plain Error as a failed handler", async () => {
+Deno.test("a BadRequestError reaches its caller with code bad-request, a handler's own RpcError with its code, both with their message", async () => {
   await using broker = await openBroker();
   await using server = await startServer(broker, (request) => {
     const text = decoder.decode(request);
     if (text === "bad") throw new BadRequestError("that is not a request");
-    throw new Error("something broke");
+    throw new RpcError("out-of-stock", "no more widgets");
   });
   await using client = await RpcClient.connect({ url: BROKER_URL });
   await assert.rejects(client.call(server.queue, "bad"), {
-    code: "remote",
+    code: "bad-request",
     message: "that is not a request",
   });
   await assert.rejects(client.call(server.queue, "good"), {
-    code: "remote",
-    message: "something broke",
+    code: "out-of-stock",
+    message: "no more widgets",
   });
   const warnings = server.logged.filter((line) => line.startsWith(" [!] "));
   assert.deepEqual(warnings, [
     " [!] Bad request: that is not a request",
-    " [!] Handler failed: something broke",
+    " [!] Handler refused (out-of-stock): no more widgets",
   ]);
 });
 

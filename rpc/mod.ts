@@ -71,6 +71,7 @@ export { RpcClient } from "./client.ts";
 export {
   type CallOptions,
   type ClientOptions,
+  DEFAULT_CLOSE_TIMEOUT_MS,
   DEFAULT_MAX_REPLY_BYTES,
   DEFAULT_PREFETCH,
   DEFAULT_TIMEOUT_MS,
@@ -78,7 +79,7 @@ export {
   type ServerOptions,
   type TlsOptions,
 } from "./options.ts";
-export type { Reply } from "./replies.ts";
+export type { Reply, ReplyToRule } from "./replies.ts";
 export {
   BadRequestError,
   ERROR_CODE_HEADER,
@@ -117,7 +118,7 @@ export type {
   StandardSuccess,
   StandardTypes,
 } from "./_standard_schema.ts";
-export { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
+export { DEADLINE_GRACE_MS, DEADLINE_HEADER, TIMEOUT_HEADER } from "./deadlines.ts";
 export {
   DEFAULT_QUEUE,
   fib,

@@ -6,7 +6,7 @@
 import type { TlsOptions } from "./_tls.ts";
 export type { TlsOptions } from "./_tls.ts";
 import type { RequestContext } from "./context.ts";
-import type { Reply } from "./replies.ts";
+import type { Reply, ReplyToRule } from "./replies.ts";
 
 /**
  * Computes the reply to one request, from the request's bytes and its
@@ -23,6 +23,14 @@ export type Handler = (request: Uint8Array, context: RequestContext) => Reply | 
  * much; use 1 for slow handlers (bench/README.md has the figures).
  */
 export const DEFAULT_PREFETCH = 50;
+
+/**
+ * How long `close()` waits for running handlers before it aborts their
+ * signals, gives their requests back to the queue and returns, in ms:
+ * well inside the 10 s `docker stop` and the 30 s Kubernetes allow a
+ * process between SIGTERM and SIGKILL.
+ */
+export const DEFAULT_CLOSE_TIMEOUT_MS = 5_000;
 
 /** Options for {@linkcode RpcServer.start}. Every field but `queue` and `handler` has a default. */
 export interface ServerOptions {
@@ -43,8 +51,46 @@ export interface ServerOptions {
    * Default: the system's CAs, no client certificate.
    */
   tls?: TlsOptions;
-  /** Requests the broker may hand over before the first is acked. Default: {@linkcode DEFAULT_PREFETCH}. */
+  /**
+   * Requests the broker may hand over before the first is acked. Default:
+   * {@linkcode DEFAULT_PREFETCH}, or `concurrency` if that is larger. A
+   * `prefetch` set below `concurrency` is a RangeError: the extra handlers
+   * could never run.
+   */
   prefetch?: number;
+  /**
+   * How many handlers may run at once (async handlers: a handler that
+   * computes without awaiting holds the event loop whatever this says).
+   * Replies and acks go out in whatever order handlers finish. Default:
+   * `prefetch`, as amqplib's own consumers, rabbitmq-client and MassTransit
+   * do: every request the broker hands over is worked on; use 1 for a
+   * handler that must not run twice at once.
+   */
+  concurrency?: number;
+  /**
+   * A handler's time limit, in ms. At that time its `signal` aborts, its
+   * caller gets an error reply with code `"handler-timeout"`, its request
+   * is acked and its slot freed for the next request; whatever it returns
+   * later is dropped. Only an async handler can be timed out: one that
+   * computes without awaiting holds the event loop until it returns.
+   * Default: none (the signal still aborts at the caller's deadline).
+   */
+  handlerTimeout?: number;
+  /**
+   * How long `close()` waits for running handlers, in ms, before it aborts
+   * their signals and gives their requests back to the queue. Default:
+   * {@linkcode DEFAULT_CLOSE_TIMEOUT_MS} (5 s).
+   */
+  closeTimeout?: number;
+  /**
+   * Other `reply_to` queues to answer, besides the broker-named callback
+   * queues (`amq.gen-…`, `amq.rabbitmq.reply-to.…`) that every tutorial
+   * client uses: a pattern, or a function saying yes or no. A request whose
+   * `reply_to` names any other queue is acked unanswered, with a log line,
+   * so that no caller can make the server write into another service's
+   * queue. Default: none (only broker-named queues).
+   */
+  allowReplyTo?: ReplyToRule;
   /**
    * How to declare the queue if it does not exist yet. `"quorum"` (default):
    * durable and replicated, as every official tutorial server declares it
@@ -54,10 +100,12 @@ export interface ServerOptions {
    */
   queueType?: "quorum" | "classic";
   /**
-   * Skip requests whose caller has given up: a request whose deadline (the
-   * `x-deadline` header our client sends) passed more than
-   * `DEADLINE_GRACE_MS` ago is acked without being computed. Default:
-   * `true`. Requests without the header are always computed.
+   * Skip requests whose caller has given up: a request taken after its
+   * deadline is acked without being computed. The deadline is the
+   * `x-timeout-ms` our client sends, counted on this server's clock from
+   * receipt; from older clients, their `x-deadline` plus
+   * `DEADLINE_GRACE_MS` (see rpc/deadlines.ts). Default: `true`. Requests
+   * without either header are always computed.
    */
   skipLate?: boolean;
   /** Where log lines go. Default: `console.log`; `null` silences them. */
@@ -133,6 +181,30 @@ export interface CallOptions {
   label?: string;
   /** The request's `content_type`. Default: none. */
   contentType?: string;
+  /**
+   * Application headers sent with the request; the handler reads them in
+   * its context's `headers`. The library's own (`x-deadline`,
+   * `x-timeout-ms`, trace context) take precedence. Default: none.
+   */
+  headers?: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * Checks a time in ms (`handlerTimeout`, `closeTimeout`): a whole number
+ * from 1 to 2^31 - 1, the longest timer there is; undefined stays so.
+ *
+ * @example
+ * ```ts
+ * checkMs("handlerTimeout", 5_000); // 5000
+ * ```
+ * @throws {RangeError} for any other value.
+ */
+export function checkMs(name: string, ms: number | undefined): number | undefined {
+  if (ms === undefined) return undefined;
+  if (!Number.isSafeInteger(ms) || ms < 1 || ms > 2 ** 31 - 1) {
+    throw new RangeError(`${name} must be a whole number of ms from 1 to 2147483647, got ${ms}`);
+  }
+  return ms;
 }
 
 /** The prefetch counts AMQP allows (0, "no limit", is not one we take). */

@@ -6,7 +6,7 @@
  */
 import type { Buffer } from "node:buffer";
 import type { Message } from "npm:amqplib@2.3.1";
-import { RpcError } from "./errors.ts";
+import { ERROR_CODE_HEADER, RpcError } from "./errors.ts";
 import type { Session } from "./session.ts";
 import { DeadlineSweep } from "./deadlines.ts";
 
@@ -22,8 +22,8 @@ export interface PendingCall {
   readonly contentType: string | undefined;
   /** The request's `correlation_id`, which its reply carries back. */
   readonly correlationId: string;
-  /** `traceparent` and `tracestate`, with tracing on. */
-  readonly traceHeaders: Readonly<Record<string, string>> | undefined;
+  /** The caller's application headers, and `traceparent` and `tracestate` with tracing on. */
+  readonly headers: Readonly<Record<string, unknown>> | undefined;
   /** When the caller stops waiting: ms since 1970. */
   readonly deadline: number;
   /** The call's timeout, in ms. */
@@ -50,6 +50,7 @@ export interface PendingCall {
  *
  * @example
  * ```ts
+ * declare const call: PendingCall, signal: AbortSignal, reply: Uint8Array;
  * const pending = new PendingCalls((expired) => console.log(expired.length, "timed out"));
  * pending.add(call, signal);
  * pending.settle(call, reply); // resolves it, once
@@ -148,10 +149,14 @@ export class PendingCalls {
 
 /**
  * A call's reply: too large (unread), an error reply (`type: "error"`,
- * the server's message), or the answer's bytes.
+ * the server's message, the code its `x-error-code` header names), or the
+ * answer's bytes.
  *
  * @example
  * ```ts
+ * import type { Message } from "npm:amqplib@2.3.1";
+ *
+ * declare const pending: PendingCalls, call: PendingCall, message: Message;
  * pending.settle(call, readReply(call, message, 64 * 1024));
  * ```
  */
@@ -167,6 +172,20 @@ export function readReply(
       `${call.label}: the reply has ${content.length} bytes, more than the ${maxReplyBytes} accepted`,
     );
   }
-  if (properties.type === "error") return new RpcError("remote", content.toString("utf8"));
+  if (properties.type === "error") {
+    return new RpcError(errorCode(properties.headers), content.toString("utf8"));
+  }
   return content;
+}
+
+/**
+ * An error reply's code, from its {@linkcode ERROR_CODE_HEADER}: a short
+ * word (a server's reply is input too); `"remote"` if there is none, as
+ * from older servers and other tutorial servers.
+ */
+function errorCode(headers: Record<string, unknown> | undefined): string {
+  const code = headers && Object.hasOwn(headers, ERROR_CODE_HEADER)
+    ? headers[ERROR_CODE_HEADER]
+    : undefined;
+  return typeof code === "string" && /^[\w.:-]{1,64}$/.test(code) ? code : "remote";
 }

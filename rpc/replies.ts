@@ -17,10 +17,8 @@ import type {
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
 import { ignoreError, openConnection, within } from "./connection.ts";
-import { BadRequestError } from "./errors.ts";
 import type { RateLimitedLog } from "./log.ts";
 import type { TlsOptions } from "./_tls.ts";
-import type { ProcessSpan } from "./tracing.ts";
 
 /** How long a finished request waits for a lost reply connection to come back, in ms. */
 const REPLY_WAIT_MS = 5_000;
@@ -28,18 +26,54 @@ const REPLY_WAIT_MS = 5_000;
 /** What a handler may return: the reply's body, as bytes or as text (sent as UTF-8). */
 export type Reply = Uint8Array | string;
 
-/** Where a reply goes: the request's `reply_to` and `correlation_id`; and the request's span, with tracing on. */
-export type ReplyAddress = { replyTo: string; correlationId: string; span?: ProcessSpan };
+/** Where a reply goes: the request's `reply_to` and `correlation_id`. */
+export type ReplyAddress = { replyTo: string; correlationId: string };
 
-/** The properties of a reply: the request's correlation id, and `type: "error"` for an error reply. */
-export type ReplyProperties = { correlationId?: string; type?: string; contentType?: string };
+/**
+ * The properties of a reply: the request's correlation id; for an error
+ * reply, `type: "error"` and the code in the `x-error-code` header.
+ */
+export type ReplyProperties = {
+  correlationId?: string;
+  type?: string;
+  headers?: Record<string, string>;
+  contentType?: string;
+};
+
+/**
+ * Which `reply_to` queues a server answers besides the broker-named ones:
+ * a pattern, or a function that says yes or no. See {@linkcode replyAddress}.
+ */
+export type ReplyToRule = RegExp | ((replyTo: string) => boolean);
+
+/**
+ * Whether the broker named this queue: a server-named queue (`amq.gen-…`,
+ * the tutorial's exclusive callback queue) or a direct reply-to address
+ * (`amq.rabbitmq.reply-to.…`, as the broker rewrites it). Nobody can
+ * declare a queue whose name starts with `amq.`, so such a `reply_to`
+ * names some caller's own callback queue, never another service's work queue.
+ *
+ * @example
+ * ```ts
+ * isBrokerNamed("amq.gen-JzTY20BRgKO-HjmUJj0wLg"); // true
+ * isBrokerNamed("billing.jobs"); // false
+ * ```
+ */
+export function isBrokerNamed(replyTo: string): boolean {
+  return replyTo.startsWith("amq.gen-") || replyTo.startsWith("amq.rabbitmq.reply-to.");
+}
 
 /**
  * A server's reply connection and its channel, rebuilt by itself when lost.
  *
  * @example
  * ```ts
- * const replies = await ReplySender.open(urls, "my server replies", new RateLimitedLog(console.log));
+ * import { Buffer } from "node:buffer";
+ * import { RateLimitedLog } from "./log.ts";
+ *
+ * const urls = [new URL("amqp://localhost")];
+ * const log = new RateLimitedLog(console.log);
+ * const replies = await ReplySender.open(urls, "my server replies", log, () => {});
  * replies.publish("amq.gen-...", Buffer.from("832040"), { correlationId: "..." });
  * await replies.close();
  * ```
@@ -129,25 +163,30 @@ export function toBuffer(reply: Reply): Buffer {
   return Buffer.from(reply.buffer, reply.byteOffset, reply.byteLength);
 }
 
-/** An error reply's body: the error's message; the log says whose fault it was. */
-export function describeRefusal(error: unknown, log: RateLimitedLog): string {
-  const text = error instanceof Error ? error.message : String(error);
-  const what = error instanceof BadRequestError ? "Bad request" : "Handler failed";
-  log.write(` [!] ${what}: ${text}`, "refused");
-  return text;
-}
-
 /**
  * Who to answer, if anyone. A request without `reply_to` has nobody to
  * answer. AMQP's `reply_to` and `correlation_id` are raw bytes, which
  * amqplib reads as UTF-8 text, replacing what is not (with U+FFFD): such a
  * reply would go to the wrong queue or carry an id its caller never sent,
- * so it is not sent. Either way the request is acked, with a log line.
+ * so it is not sent. And `reply_to` is input, not an instruction: the
+ * default exchange reaches every queue, so a request naming another
+ * service's queue would have us write into it. Only broker-named callback
+ * queues are answered ({@linkcode isBrokerNamed}), and those `allow` lets
+ * through. Either way the request is acked, with a (rate-limited) log line.
+ *
+ * @example
+ * ```ts
+ * import type { ConsumeMessage } from "npm:amqplib@2.3.1";
+ * import { RateLimitedLog } from "./log.ts";
+ *
+ * declare const message: ConsumeMessage;
+ * const address = replyAddress(message, new RateLimitedLog(console.log), /^replies\./);
+ * ```
  */
 export function replyAddress(
   message: ConsumeMessage,
   log: RateLimitedLog,
-  span?: ProcessSpan,
+  allow?: ReplyToRule,
 ): ReplyAddress | undefined {
   const { replyTo, correlationId } = message.properties;
   if (!replyTo) {
@@ -162,5 +201,24 @@ export function replyAddress(
     );
     return undefined;
   }
-  return { replyTo, correlationId, span };
+  if (!isBrokerNamed(replyTo) && !allowed(replyTo, allow)) {
+    log.write(
+      () =>
+        ` [!] Dropped a request whose reply_to ${JSON.stringify(replyTo.slice(0, 100))} ` +
+        "is no broker-named callback queue (see the allowReplyTo option)",
+      "refused",
+    );
+    return undefined;
+  }
+  return { replyTo, correlationId };
+}
+
+/** Whether `allow` lets this `reply_to` through; a function that throws says no. */
+function allowed(replyTo: string, allow: ReplyToRule | undefined): boolean {
+  try {
+    if (allow instanceof RegExp) return replyTo.search(allow) >= 0;
+    return allow?.(replyTo) === true;
+  } catch {
+    return false;
+  }
 }

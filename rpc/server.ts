@@ -5,20 +5,16 @@
  *
  * @module
  */
-import { Buffer } from "node:buffer";
 import type {
   Channel,
   ChannelModel,
   ConsumeMessage,
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
-import type { RequestContext } from "./context.ts";
 import type { ServerHealth } from "./health.ts";
 import { ignoreError, openConnection } from "./connection.ts";
-import { DEADLINE_GRACE_MS, DEADLINE_HEADER } from "./deadlines.ts";
 import { BadRequestError } from "./errors.ts";
 import { RateLimitedLog } from "./log.ts";
-import { startProcessSpan } from "./tracing.ts";
 import {
   type Procedure,
   type ProcedureHandler,
@@ -26,6 +22,8 @@ import {
   serveProcedure,
 } from "./procedure.ts";
 import {
+  checkMs,
+  DEFAULT_CLOSE_TIMEOUT_MS,
   DEFAULT_PREFETCH,
   type Handler,
   isPrefetch,
@@ -33,26 +31,22 @@ import {
   type ServerOptions,
 } from "./options.ts";
 import { declareQueue } from "./queue.ts";
-import {
-  describeRefusal,
-  type Reply,
-  type ReplyAddress,
-  replyAddress,
-  type ReplyProperties,
-  ReplySender,
-  toBuffer,
-} from "./replies.ts";
+import { ReplySender, type ReplyToRule } from "./replies.ts";
+import { type RequestHost, RpcRequest } from "./_request.ts";
 import { brokerUrls } from "./urls.ts";
 
 /**
- * A running RPC server, from {@linkcode RpcServer.start}. Requests are
- * handled one at a time, in order; run more servers to do more at once.
+ * A running RPC server, from {@linkcode RpcServer.start}. Up to
+ * `concurrency` async handlers run at once; each gets the request's bytes
+ * and its {@linkcode RequestContext}.
  *
  * @example
  * ```ts
  * await using server = await RpcServer.start({
  *   queue: "echo",
  *   handler: (request) => new TextDecoder().decode(request).toUpperCase(),
+ *   concurrency: 20,
+ *   handlerTimeout: 10_000,
  * });
  * ```
  */
@@ -64,6 +58,10 @@ export class RpcServer implements AsyncDisposable {
 
   readonly #urls: readonly URL[];
   readonly #prefetch: number;
+  readonly #concurrency: number;
+  readonly #handlerTimeout?: number;
+  readonly #closeTimeout: number;
+  readonly #allowReplyTo?: ReplyToRule;
   readonly #queueType: "quorum" | "classic";
   readonly #handler: Handler;
   readonly #describe: (request: Uint8Array) => string | undefined;
@@ -72,13 +70,12 @@ export class RpcServer implements AsyncDisposable {
   readonly #log: RateLimitedLog;
   /** The connection requests come in on, and the sender of the replies (rpc/replies.ts). */
   #requests?: RecoveringChannelModel;
-  #replies?: ReplySender;
+  #host?: RequestHost;
   #consumer?: { channel: Channel; consumerTag: string };
-  /** Requests that came while an async handler worked on another. */
-  readonly #backlog: { channel: Channel; message: ConsumeMessage }[] = [];
-  #working = false;
-  /** Async work that close() waits for. */
-  readonly #inProgress = new Set<Promise<void>>();
+  /** Requests taken, waiting for a free slot, in order. */
+  readonly #waiting: RpcRequest[] = [];
+  /** Requests whose async handler holds a slot, until each is acked or given back. */
+  readonly #running = new Set<RpcRequest>();
   #answered = 0;
   #skipped = 0;
   #stopping = false;
@@ -91,10 +88,10 @@ export class RpcServer implements AsyncDisposable {
     if (!options.queue) throw new TypeError("queue must be a non-empty queue name");
     if (typeof options.handler !== "function") throw new TypeError("handler must be a function");
     this.queue = options.queue;
-    this.#prefetch = options.prefetch ?? DEFAULT_PREFETCH;
-    if (!isPrefetch(this.#prefetch)) {
-      throw new RangeError(`prefetch must be ${PREFETCH_RULE}, got ${this.#prefetch}`);
-    }
+    [this.#prefetch, this.#concurrency] = slots(options.prefetch, options.concurrency);
+    this.#handlerTimeout = checkMs("handlerTimeout", options.handlerTimeout);
+    this.#closeTimeout = checkMs("closeTimeout", options.closeTimeout) ?? DEFAULT_CLOSE_TIMEOUT_MS;
+    this.#allowReplyTo = options.allowReplyTo;
     this.#queueType = options.queueType ?? "quorum";
     this.#handler = options.handler;
     this.#describe = options.describe ?? ((request) => `request of ${request.length} bytes`);
@@ -109,18 +106,27 @@ export class RpcServer implements AsyncDisposable {
    * connection is rebuilt by itself; start-up fails at once, with a
    * one-line message, if no broker answers.
    *
-   * @throws {TypeError} for a bad URL, queue or handler; {@linkcode RangeError} for a bad prefetch.
+   * @throws {TypeError} for a bad URL, queue or handler; {@linkcode RangeError}
+   *   for a bad prefetch, concurrency, handlerTimeout or closeTimeout.
    */
   static async start(options: ServerOptions): Promise<RpcServer> {
     const server = new RpcServer(options);
     // Replies go out on a connection of their own: see rpc/replies.ts.
-    server.#replies = await ReplySender.open(
+    const replies = await ReplySender.open(
       server.#urls,
       `${server.connectionName} replies`,
       server.#log,
       (reason) => server.#onBlocked("replies", reason),
       options.tls,
     );
+    server.#host = {
+      queue: server.queue,
+      log: server.#log,
+      replies,
+      allowReplyTo: server.#allowReplyTo,
+      contentType: server.#contentType,
+      answered: () => void server.#answered++,
+    };
     try {
       server.#requests = await openConnection(server.#urls, {
         name: server.connectionName,
@@ -130,7 +136,7 @@ export class RpcServer implements AsyncDisposable {
         tls: options.tls,
       });
     } catch (error) {
-      await server.#replies.close().catch(ignoreError);
+      await replies.close().catch(ignoreError);
       throw error;
     }
     return server;
@@ -194,22 +200,32 @@ export class RpcServer implements AsyncDisposable {
 
   /**
    * A channel the broker closes under a live connection (the queue deleted,
-   * an error) would leave us deaf: closing the connection hands the repair
-   * to amqplib's recovery, which declares and consumes again.
+   * `consumer_timeout`, an error) would leave us deaf: closing the
+   * connection hands the repair to amqplib's recovery, which declares and
+   * consumes again. The broker gives the channel's unacked requests to a
+   * server again, so their handlers' signals abort, their results are
+   * dropped, and their slots are free for the new channel: the
+   * bookkeeping starts clean.
    */
   #reconnectWhenClosed(model: ChannelModel, channel: Channel): void {
     channel.on("close", () => {
       if (this.#consumer?.channel === channel) this.#consumer = undefined;
+      const lost = "the server lost the request's channel; the broker delivers it again";
+      for (const request of [...this.#waiting, ...this.#running]) {
+        if (request.channel === channel) request.abandon(lost, false);
+      }
+      this.#waiting.splice(0, Infinity, ...this.#waiting.filter((r) => r.channel !== channel));
       if (!this.#stopping) model.close().catch(ignoreError);
     });
   }
 
-  /** Requests arrive here, in order; async handlers take them one at a time. */
+  /** Requests arrive here, in order, and wait for a free slot. */
   #onRequest(channel: Channel, message: ConsumeMessage | null): void {
     if (message === null) return this.#onCancelled(channel);
-    if (this.#stopping) return giveBack(channel, message); // came on the way to close()
-    if (this.#working) this.#backlog.push({ channel, message });
-    else this.#compute(channel, message);
+    const request = new RpcRequest(this.#host!, channel, message);
+    if (this.#stopping) return request.giveBack(); // came on the way to close()
+    this.#waiting.push(request);
+    this.#startWaiting();
   }
 
   /** The broker cancelled our consumer: the queue was deleted. Reconnecting declares it again. */
@@ -218,37 +234,45 @@ export class RpcServer implements AsyncDisposable {
     channel.close().catch(ignoreError);
   }
 
-  /** Runs the handler on one request; a request nobody can or will read is acked unanswered. */
-  #compute(channel: Channel, message: ConsumeMessage): void {
-    const span = startProcessSpan(
-      this.queue,
-      message.properties.correlationId,
-      message.properties.headers,
-      message.fields.deliveryTag,
-    ); // undefined, at no cost, when tracing is off
-    if (this.#callerGaveUp(message)) {
-      span?.skip();
-      return this.#skip(channel, message);
+  /** Starts waiting requests while slots are free, oldest first. */
+  #startWaiting(): void {
+    while (!this.#stopping && this.#running.size < this.#concurrency) {
+      const request = this.#waiting.shift();
+      if (!request) return;
+      this.#start(request);
     }
-    const address = replyAddress(message, this.#log, span);
-    if (!address) {
-      span?.end({ code: "no-reply-to", message: "no usable reply_to: nobody to answer" });
-      return this.#ack(channel, message);
-    }
-    let result: Reply | Promise<Reply>;
+  }
+
+  /**
+   * Runs the handler on one request. A request nobody can or will read is
+   * acked unanswered; whatever the handler throws (any value, at once or
+   * later) becomes an error reply. An async handler holds a slot until its
+   * request is acked: when it settles, or at `handlerTimeout`.
+   */
+  #start(request: RpcRequest): void {
+    request.trace(); // undefined, at no cost, when tracing is off
+    if (this.#skipLate && request.gaveUp()) return this.#skip(request);
+    if (!request.address()) return;
+    let result: unknown;
     try {
-      if (!address.correlationId) throw new BadRequestError("request has no correlation_id");
-      this.#logRequest(message);
+      if (!request.message.properties.correlationId) {
+        throw new BadRequestError("request has no correlation_id");
+      }
+      this.#logRequest(request.message);
+      const context = request.context();
       // Inside the span's context, so that the handler's own spans nest under it.
-      const context = placeholderContext(this.queue, message); // issue 25 replaces this
-      result = span
-        ? span.run(() => this.#handler(message.content, context))
-        : this.#handler(message.content, context);
+      result = request.run(() => this.#handler(request.message.content, context));
     } catch (error) {
-      return this.#reply(channel, message, address, error, true);
+      return request.fail(error);
     }
-    if (result instanceof Promise) this.#replyWhenDone(channel, message, address, result);
-    else this.#reply(channel, message, address, result, false);
+    if (!(result instanceof Promise)) return request.succeed(result);
+    this.#running.add(request);
+    request.watch(this.#handlerTimeout);
+    result.then((value) => request.succeed(value), (error) => request.fail(error));
+    request.done.then(() => {
+      this.#running.delete(request);
+      this.#startWaiting();
+    });
   }
 
   /** One line per request (rate-limited), built only if it is shown. */
@@ -263,119 +287,14 @@ export class RpcServer implements AsyncDisposable {
 
   /**
    * Work nobody waits for. Our client sends its deadline with each request;
-   * a request taken after it (it sat in the queue or in this server's
-   * backlog while the caller timed out) is acked and not computed, so an
-   * overloaded server catches up instead of answering the void.
+   * a request taken after it (it waited in this server while the caller
+   * timed out) is acked and not computed, so an overloaded server catches
+   * up instead of answering the void.
    */
-  #callerGaveUp(message: ConsumeMessage): boolean {
-    const deadline = message.properties.headers?.[DEADLINE_HEADER];
-    return this.#skipLate && typeof deadline === "number" &&
-      Date.now() > deadline + DEADLINE_GRACE_MS;
-  }
-
-  #skip(channel: Channel, message: ConsumeMessage): void {
+  #skip(request: RpcRequest): void {
     this.#skipped++;
     this.#log.write(" [.] Skipped a request whose caller gave up (deadline passed)", "skipped");
-    this.#ack(channel, message);
-  }
-
-  /**
-   * One request at a time, as in the tutorial: while an async handler works,
-   * later requests wait in this server's backlog (at most `prefetch` of
-   * them), where a request whose caller gave up is still skipped.
-   */
-  #replyWhenDone(
-    channel: Channel,
-    message: ConsumeMessage,
-    address: ReplyAddress,
-    result: Promise<Reply>,
-  ): void {
-    this.#working = true;
-    this.#track(
-      result.then(
-        (value) => this.#reply(channel, message, address, value, false),
-        (error) => this.#reply(channel, message, address, error, true),
-      ).finally(() => {
-        this.#working = false;
-        while (!this.#working && !this.#stopping && this.#backlog.length > 0) {
-          const next = this.#backlog.shift()!;
-          this.#compute(next.channel, next.message);
-        }
-      }),
-    );
-  }
-
-  /**
-   * Sends the reply to `reply_to`, with the request's `correlation_id`, so
-   * the caller can tell which call it answers; then acks, only now: a
-   * server that dies before this leaves the request to another server.
-   * Error replies carry the error's message as body and `type: "error"`.
-   */
-  #reply(
-    channel: Channel,
-    message: ConsumeMessage,
-    address: ReplyAddress,
-    outcome: unknown,
-    failed: boolean,
-  ): void {
-    if (!failed && typeof outcome !== "string" && !(outcome instanceof Uint8Array)) {
-      [outcome, failed] = [
-        new TypeError(`the handler returned ${typeof outcome}, not a reply`),
-        true,
-      ];
-    }
-    const body = failed
-      ? Buffer.from(describeRefusal(outcome, this.#log))
-      : toBuffer(outcome as Reply);
-    const properties = {
-      correlationId: address.correlationId,
-      type: failed ? "error" : undefined,
-      contentType: failed ? undefined : this.#contentType,
-    };
-    if (!this.#replies!.publish(address.replyTo, body, properties)) {
-      return this.#replyWhenReconnected(
-        channel,
-        message,
-        address,
-        body,
-        properties,
-        failed && outcome,
-      );
-    }
-    this.#answered++;
-    this.#ack(channel, message);
-    address.span?.end(failed ? outcome : undefined);
-  }
-
-  /** The reply connection is being rebuilt: the request waits for it, unacked. `failure` is an error reply's error. */
-  #replyWhenReconnected(
-    channel: Channel,
-    message: ConsumeMessage,
-    address: ReplyAddress,
-    body: Buffer,
-    properties: ReplyProperties,
-    failure: unknown,
-  ): void {
-    this.#track((async () => {
-      if (await this.#replies!.publishWhenBack(address.replyTo, body, properties)) {
-        this.#answered++;
-        this.#ack(channel, message);
-        return address.span?.end(failure || undefined);
-      }
-      // Still no reply connection: give the request back for another server.
-      this.#log.write(" [!] No reply connection; returning the request to the queue");
-      giveBack(channel, message);
-      address.span?.end({ code: "requeued", message: "no reply connection" });
-    })());
-  }
-
-  /** Acks, unless the channel is gone: then the broker gives the request to another server. */
-  #ack(channel: Channel, message: ConsumeMessage): void {
-    try {
-      channel.ack(message);
-    } catch {
-      this.#log.write(" [!] Lost the channel before acking; the broker will redeliver the request");
-    }
+    request.skip();
   }
 
   /**
@@ -397,16 +316,12 @@ export class RpcServer implements AsyncDisposable {
     }
   }
 
-  /** Work that close() waits for. */
-  #track(work: Promise<void>): void {
-    this.#inProgress.add(work);
-    work.finally(() => this.#inProgress.delete(work));
-  }
-
   /**
-   * Shutting down: stops taking requests, finishes the one in progress,
-   * gives the ones not started back to the queue, then closes the channels
-   * and the connections. Safe to call twice.
+   * Shutting down: stops taking requests, gives the ones not started back
+   * to the queue, waits for the running handlers (at most `closeTimeout`),
+   * then aborts the signals of those still running and gives their
+   * requests back too, and closes the channels and the connections. Safe
+   * to call twice.
    */
   close(): Promise<void> {
     this.#closing ??= this.#shutDown();
@@ -417,12 +332,15 @@ export class RpcServer implements AsyncDisposable {
     this.#stopping = true;
     const consumer = this.#consumer;
     if (consumer) await consumer.channel.cancel(consumer.consumerTag).catch(ignoreError);
-    // Requests not started go back to the queue at once, for the next
-    // server: a shutdown takes one handler's time, not prefetch handlers'.
-    for (const { channel, message } of this.#backlog.splice(0)) giveBack(channel, message);
-    while (this.#inProgress.size > 0) await Promise.allSettled([...this.#inProgress]);
+    // Requests not started go back to the queue at once, for the next server.
+    for (const request of this.#waiting.splice(0)) request.giveBack();
+    const running = Promise.all([...this.#running].map((request) => request.done));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<void>((resolve) => timer = setTimeout(resolve, this.#closeTimeout));
+    await Promise.race([running, late]).finally(() => clearTimeout(timer));
+    for (const request of this.#running) request.abandon("the server is closing", true);
     // Channels before their connections: see ReplySender.close.
-    await this.#replies?.close();
+    await this.#host?.replies.close();
     await consumer?.channel.close().catch(ignoreError);
     await this.#requests?.close().catch(ignoreError);
     this.#log.flush();
@@ -434,24 +352,24 @@ export class RpcServer implements AsyncDisposable {
   }
 }
 
-/** Gives a request back to the queue, unanswered; if the channel is gone, the broker does it anyway. */
-function giveBack(channel: Channel, message: ConsumeMessage): void {
-  try {
-    channel.nack(message, false, true);
-  } catch (error) {
-    ignoreError(error);
+/**
+ * `[prefetch, concurrency]` from the options. Concurrency defaults to
+ * prefetch; prefetch to {@linkcode DEFAULT_PREFETCH}, raised to a larger
+ * concurrency. A prefetch set below the concurrency is refused: the
+ * broker would never hand over enough requests to fill the slots.
+ */
+function slots(prefetch: number | undefined, concurrency: number | undefined): [number, number] {
+  for (const [name, value] of [["prefetch", prefetch], ["concurrency", concurrency]] as const) {
+    if (value !== undefined && !isPrefetch(value)) {
+      throw new RangeError(`${name} must be ${PREFETCH_RULE}, got ${value}`);
+    }
   }
-}
-
-/** A context without deadline or signal (issue 25 builds the real one). */
-function placeholderContext(queue: string, message: ConsumeMessage): RequestContext {
-  return {
-    queue,
-    correlationId: String(message.properties.correlationId),
-    headers: message.properties.headers ?? {},
-    userId: message.properties.userId,
-    redelivered: message.fields.redelivered,
-    deadline: undefined,
-    signal: new AbortController().signal,
-  };
+  if (prefetch !== undefined && concurrency !== undefined && prefetch < concurrency) {
+    throw new RangeError(
+      `prefetch (${prefetch}) must be at least concurrency (${concurrency}): ` +
+        "the broker hands over at most prefetch requests at once",
+    );
+  }
+  const taken = prefetch ?? Math.max(DEFAULT_PREFETCH, concurrency ?? 0);
+  return [taken, concurrency ?? taken];
 }

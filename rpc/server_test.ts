@@ -156,7 +156,7 @@ Deno.test("a request without reply_to is acked with a log line; one without corr
   assert.equal(server.answered, 1);
 });
 
-Deno.test("a handler that fails sends an error reply, an RpcError with code remote, and the server goes on", async () => {
+Deno.test("a handler that fails sends an error reply (internal, with an id; bad-request for a bad n), and the server goes on", async () => {
   const logged: string[] = [];
   await using pair = await startPair({
     handler: (n) => {
@@ -167,21 +167,25 @@ Deno.test("a handler that fails sends an error reply, an RpcError with code remo
     log: (line) => logged.push(line),
   });
   const { server, client } = pair;
-  await assert.rejects(client.call(13), (error: RpcError) => {
-    assert.ok(error instanceof RpcError);
-    assert.equal(error.code, "remote");
-    assert.equal(error.message, "thirteen is unlucky");
-    return true;
-  });
-  await assert.rejects(client.call(14), { code: "remote", message: "fourteen is late" });
+  for (const [n, detail] of [[13, "thirteen is unlucky"], [14, "fourteen is late"]] as const) {
+    await assert.rejects(client.call(n), (error: RpcError) => {
+      assert.ok(error instanceof RpcError);
+      assert.equal(error.code, "internal");
+      const id = error.message.match(/^internal error \(id (\w+)\)$/)?.[1];
+      assert.ok(
+        logged.some((line) =>
+          line.startsWith(` [!] Handler failed (id ${id}): Error: ${detail}\n`)
+        ),
+      );
+      return true;
+    });
+  }
   await assert.rejects(client.call(MAX_N + 1), {
-    code: "remote",
+    code: "bad-request",
     message: `n must be a decimal integer from 0 to ${MAX_N}, got "${MAX_N + 1}"`,
   });
   assert.equal(await client.call(15), 610n);
   assert.equal(server.answered, 4);
-  assert.ok(logged.includes(" [!] Handler failed: thirteen is unlucky"));
-  assert.ok(logged.includes(" [!] Handler failed: fourteen is late"));
 });
 
 Deno.test("a queue that exists with other settings is used as it is, and the server says how to change it", async () => {
@@ -363,5 +367,31 @@ Deno.test({
       1,
       "the request connection stayed up",
     );
+  },
+});
+
+Deno.test({
+  name:
+    "after the broker closes the request connection under a hung handler, the slots start clean and the server answers again",
+  ...brokerSide,
+  async fn() {
+    const logged: string[] = [];
+    let started = 0;
+    await using pair = await startPair({
+      url: URL_WITH_PASSWORD,
+      concurrency: 1,
+      // The first delivery hangs; a redelivery (the request may come back) answers.
+      handler: (n) => n === 1 && started++ === 0 ? new Promise<bigint>(() => {}) : fib(n),
+      log: (line) => logged.push(line),
+    });
+    const { server, client } = pair;
+    client.call(1, { timeout: 1_000 }).catch(() => {}); // holds the only slot for good
+    await waitFor("the hung handler", () => started >= 1);
+    await closeFromBroker(server.connectionName);
+    await waitFor(
+      "the server to consume again",
+      () => logged.filter((line) => line === " [x] Awaiting RPC requests").length === 2,
+    );
+    assert.equal(await client.call(7, { timeout: 3_000 }), 13n);
   },
 });

@@ -324,7 +324,7 @@ Deno.test("a call through the command lines is one trace: send on the client, pr
     assert.equal(span.status.code, 0);
     assert.equal(span.attributes["error.type"], undefined);
   }
-  assert.equal(failed[0].attributes["error.type"], "remote");
+  assert.equal(failed[0].attributes["error.type"], "bad-request");
   assert.equal(failed[0].status.code, 2);
   assert.match(failed[0].status.message, /10000/);
   assert.equal(typeof failed[1].attributes["error.type"], "string");

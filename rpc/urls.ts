@@ -113,3 +113,28 @@ export function hidePassword(text: string): string {
   if (colon < 0) return "…";
   return text.slice(0, colon + 1) + (text.startsWith("//", colon + 1) ? "//…" : "…");
 }
+
+/**
+ * The user name every one of `urls` logs in as, or undefined if they
+ * differ or one is not known: RabbitMQ refuses a publish whose `user_id`
+ * is not the connection's user (closing the channel), so a client sends
+ * one only when it is sure. A URL without credentials logs in as guest
+ * (amqplib's default) over `amqp:`; over `amqps:` it may log in with its
+ * client certificate (SASL EXTERNAL), whose user only the broker knows.
+ *
+ * @example
+ * ```ts
+ * loginUser([new URL("amqp://localhost")]); // "guest"
+ * loginUser([new URL("amqps://broker")]); // undefined
+ * loginUser([new URL("amqps://app:pw@broker?auth_mechanism=external")]); // undefined
+ * ```
+ */
+export function loginUser(urls: readonly URL[]): string | undefined {
+  const users = new Set(urls.map((url) => {
+    // SASL EXTERNAL: the client certificate is the login, whatever the URL's user says.
+    if (url.searchParams.get("auth_mechanism")?.toLowerCase() === "external") return undefined;
+    if (url.username || url.password) return decodeURIComponent(url.username);
+    return url.protocol === "amqp:" ? "guest" : undefined;
+  }));
+  return users.size === 1 ? [...users][0] : undefined;
+}
