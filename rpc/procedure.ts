@@ -236,7 +236,8 @@ export function serveProcedure<Request, Reply, RequestInput, ReplyInput>(
         await check(
           replySchema,
           reply,
-          (why) => new RpcError("bad-reply", `the handler's reply breaks the contract: ${why}`),
+          // The server's own bug: its caller gets `internal`, its log the detail.
+          (why) => new Error(`the handler's reply breaks the contract: ${why}`),
         );
       }
       return toJson(reply);
