@@ -9,6 +9,7 @@
  * deno run --allow-net --allow-env rpc/fib_server.ts
  * deno run --allow-net --allow-env --allow-read rpc/fib_server.ts --url amqps://broker \
  *   --cacert ca.pem --cert client.pem --key client.key
+ * deno run --allow-net --allow-env --allow-read rpc/fib_server.ts --workers 4
  * deno run rpc/fib_server.ts --help
  * ```
  *
@@ -29,6 +30,7 @@ import {
 import { FibonacciRpcServer, type FibonacciServerOptions } from "./fibonacci.ts";
 import { type HealthEndpoint, serveHealth } from "./health.ts";
 import { DEFAULT_PREFETCH, isPrefetch, PREFETCH_RULE } from "./options.ts";
+import { WorkerPool } from "./workers.ts";
 
 const USAGE = `Usage: deno run --allow-net --allow-env rpc/fib_server.ts [options]
 
@@ -46,6 +48,9 @@ Options:
   --handler-timeout MS
                    a handler's time limit: its caller then gets an error
                    reply (code handler-timeout) (default: none)
+  --workers N      compute fib(n) in N worker threads, off the event loop,
+                   so heartbeats flow while it computes (needs --allow-read;
+                   default: none, on the event loop)
   --queue-type T   how to declare a new queue: "quorum" (default; durable,
                    as today's tutorials declare it) or "classic" (non-durable,
                    as older copies and amqplib's bundled examples do)
@@ -65,12 +70,15 @@ Exit status: 0 after SIGINT or SIGTERM, 1 if no broker answers (or
 /** Reads the command line into server options; throws a one-line UsageError on bad input. */
 function readCommandLine(
   args: string[],
-): FibonacciServerOptions & { healthPort?: number; healthHost?: string } | "help" {
+):
+  | FibonacciServerOptions & { healthPort?: number; healthHost?: string; workers?: number }
+  | "help" {
   const { values } = parseCommandLine(args, {
     url: { type: "string", multiple: true },
     queue: { type: "string" },
     prefetch: { type: "string" },
     concurrency: { type: "string" },
+    workers: { type: "string" },
     "handler-timeout": { type: "string" },
     "queue-type": { type: "string" },
     "no-skip-late": { type: "boolean" },
@@ -117,6 +125,12 @@ function readCommandLine(
       "a TCP port from 1 to 65535",
     ),
     healthHost: values["health-host"] as string | undefined,
+    workers: values.workers === undefined ? undefined : wholeNumber(
+      "--workers",
+      values.workers as string,
+      (workers) => workers >= 1 && workers <= 256,
+      "an integer from 1 to 256",
+    ),
   };
 }
 
@@ -127,6 +141,7 @@ function readCommandLine(
 function stopOnSignals(
   starting: Promise<FibonacciRpcServer>,
   health: () => HealthEndpoint | undefined,
+  pool: WorkerPool | undefined,
 ): void {
   let started: FibonacciRpcServer | null = null;
   starting.then((server) => {
@@ -145,6 +160,7 @@ function stopOnSignals(
     // Still connecting: nothing is in progress, and whatever was delivered goes back.
     await started?.close(); // meanwhile /healthz answers 503
     await health()?.close();
+    await pool?.close();
     Deno.exit(0);
   };
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
@@ -152,17 +168,34 @@ function stopOnSignals(
   if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
 }
 
+/**
+ * `--workers N`: fib(n) computed in a pool of N workers (rpc/fib_worker.ts),
+ * with the request's context, so its deadline and `--handler-timeout` stop
+ * a computation that runs too long.
+ */
+async function startPool(workers: number, options: FibonacciServerOptions): Promise<WorkerPool> {
+  const pool = await WorkerPool.start(new URL("./fib_worker.ts", import.meta.url), {
+    workers,
+    timeLimit: options.handlerTimeout,
+  }).catch((error) => fail("fib_server", error));
+  const encoder = new TextEncoder();
+  options.handler = async (n, context) =>
+    BigInt(String(await pool.handler(encoder.encode(String(n)), context)));
+  return pool;
+}
+
 /** Runs the server with these command-line arguments. */
 export async function main(args: string[]): Promise<void> {
-  const { healthPort, healthHost, ...options } = readOrExit(
+  const { healthPort, healthHost, workers, ...options } = readOrExit(
     "fib_server",
     args,
     readCommandLine,
     USAGE,
   );
+  const pool = workers === undefined ? undefined : await startPool(workers, options);
   const starting = FibonacciRpcServer.start(options);
   let health: HealthEndpoint | undefined;
-  stopOnSignals(starting, () => health);
+  stopOnSignals(starting, () => health, pool);
   try {
     const server = await starting;
     if (healthPort !== undefined) {

@@ -30,6 +30,18 @@ Deno.test("fib_server.ts runs with --concurrency and --handler-timeout", async (
   assert.equal(server.stderr, "");
 });
 
+Deno.test("fib_server.ts --workers computes fib(n) in worker threads and answers every call", async () => {
+  await using broker = await openBroker();
+  const args = ["--url", BROKER_URL, "--queue", broker.queue, "--workers", "2"];
+  await using server = spawn(FIB_SERVER, [...args, "--handler-timeout", "100000"]);
+  await waitFor("the server to start", () => server.stdout.includes("Awaiting RPC requests"));
+  await using client = await FibonacciRpcClient.connect({ url: BROKER_URL, queue: broker.queue });
+  const answers = await Promise.all([10, 90, 1000].map((n) => client.call(n, { timeout: 10_000 })));
+  assert.deepEqual(answers.slice(0, 2), [55n, 2880067194370816120n]);
+  assert.equal(answers[2].toString().length, 209); // fib(1000) has 209 digits
+  assert.equal(server.stderr, "");
+});
+
 Deno.test("fib_server.ts refuses a --prefetch below --concurrency, and bad counts and times, with one line and exit 2", async () => {
   const cases: [string[], string][] = [
     [
@@ -39,6 +51,10 @@ Deno.test("fib_server.ts refuses a --prefetch below --concurrency, and bad count
     [
       ["--concurrency", "0"],
       'fib_server: --concurrency must be an integer from 1 to 65535, got "0" (see --help)',
+    ],
+    [
+      ["--workers", "0"],
+      'fib_server: --workers must be an integer from 1 to 256, got "0" (see --help)',
     ],
     [
       ["--handler-timeout", "1.5"],
@@ -54,4 +70,5 @@ Deno.test("fib_server.ts refuses a --prefetch below --concurrency, and bad count
   const help = await run(FIB_SERVER, ["--help"]);
   assert.match(help.stdout, /--concurrency N/);
   assert.match(help.stdout, /--handler-timeout/);
+  assert.match(help.stdout, /--workers N/);
 });
