@@ -14,9 +14,9 @@ import type {
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
 import { type Backoff, backoffDelay } from "./_backoff.ts";
-import { ignoreError, openConnection } from "./connection.ts";
+import { ignoreError, openConnection } from "./_connection.ts";
 import { checkTimeout, deadlineHeaders } from "./deadlines.ts";
-import { QueueInspector } from "./diagnosis.ts";
+import { QueueInspector } from "./_diagnosis.ts";
 import { type NoReplyDiagnosis, RpcError, timeoutError } from "./errors.ts";
 import {
   type CallOptions,
@@ -24,12 +24,12 @@ import {
   DEFAULT_MAX_REPLY_BYTES,
   DEFAULT_TIMEOUT_MS,
 } from "./options.ts";
-import { RateLimitedLog } from "./log.ts";
-import { type PendingCall, PendingCalls, readReply } from "./pending.ts";
-import { Session } from "./session.ts";
-import { startCallSpan } from "./tracing.ts";
+import { RateLimitedLog } from "./_log.ts";
+import { type PendingCall, PendingCalls, readReply } from "./_pending.ts";
+import { Session } from "./_session.ts";
+import { startCallSpan } from "./_tracing.ts";
 import { invokeProcedure, type Procedure } from "./procedure.ts";
-import { brokerUrls, loginUser } from "./urls.ts";
+import { brokerUrls, loginUser } from "./_urls.ts";
 
 /** Waits before a refused request goes out again with `retry`: 50 ms, doubling up to 1 s. */
 const REFUSED_RETRY_BACKOFF: Backoff = { first: 50, max: 1_000 };

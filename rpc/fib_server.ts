@@ -26,7 +26,7 @@ import {
   urlsFromCommandLine,
   UsageError,
   wholeNumber,
-} from "./cli.ts";
+} from "./_cli.ts";
 import { FibonacciRpcServer, type FibonacciServerOptions } from "./fibonacci.ts";
 import { type HealthEndpoint, serveHealth } from "./health.ts";
 import { DEFAULT_PREFETCH, isPrefetch, PREFETCH_RULE } from "./options.ts";

@@ -1,21 +1,21 @@
 /**
- * Tests of rpc/metrics.ts: nothing made while metrics are off, and the
+ * Tests of rpc/_metrics.ts: nothing made while metrics are off, and the
  * real thing: the command-line server and client with Deno's OpenTelemetry
  * (`OTEL_DENO=true`) exporting their metrics to an OTLP/HTTP JSON receiver
  * of our own, against the broker.
  *
- * Run: `deno test -A rpc/metrics_test.ts`.
+ * Run: `deno test -A rpc/_metrics_test.ts`.
  *
  * @module
  */
 import assert from "node:assert/strict";
 import { type MeterProvider, metrics } from "npm:@opentelemetry/api@1.10.0";
-import { startCallSpan, startProcessSpan } from "./tracing.ts";
+import { startCallSpan, startProcessSpan } from "./_tracing.ts";
 import { type ExportedPoint, startReceiver } from "./_test_otlp.ts";
 import { FIB_CLIENT, FIB_SERVER, runDeno, spawnDeno } from "./_test_process.ts";
 import { BROKER_URL, openBroker, waitFor } from "./_test_util.ts";
 
-const METRICS = new URL("./metrics.ts", import.meta.url).href;
+const METRICS = new URL("./_metrics.ts", import.meta.url).href;
 
 Deno.test("with metrics off, nothing is made: no measure, no global", async () => {
   const script = `
