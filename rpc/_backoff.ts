@@ -3,7 +3,7 @@
  * with each failure up to a cap, with some jitter so that many clients do
  * not come back at the same moment. Used for reconnecting and for crash
  * loops (_connection.ts, _crash_loop.ts), for fresh publishing channels
- * (_session.ts) and for requests the broker refused (client.ts).
+ * (_session.ts) and for requests the broker refused (_retry.ts).
  *
  * @module
  */
