@@ -190,7 +190,7 @@ async function pipelined(config: Config): Promise<void> {
   const concurrency = config.concurrency ?? 256;
   const { default: process } = await import("node:process");
   const { FibonacciRpcClient } = await import("../rpc/mod.ts");
-  const { tracingEnabled } = await import("../rpc/tracing.ts");
+  const { tracingEnabled } = await import("../rpc/_tracing.ts");
   const client = await FibonacciRpcClient.connect({
     url: config.url,
     queue: config.queue,

@@ -11,7 +11,7 @@
  *   `x-deadline` header, as ours do;
  * - server `replyConnection`: replies go out on a second connection;
  * - `coalesce`, either side: the frames written in one task leave in one
- *   socket write, as the library's `coalesceWrites` (rpc/connection.ts) sends
+ *   socket write, as the library's `coalesceWrites` (rpc/_connection.ts) sends
  *   them. With everything else on, this pair is ours minus our own code.
  *
  * Both sides use a callback queue declared as the tutorial does (exclusive,

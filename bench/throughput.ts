@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { tracingEnabled } from "../rpc/tracing.ts";
+import { tracingEnabled } from "../rpc/_tracing.ts";
 import {
   closeAll,
   COALESCED,

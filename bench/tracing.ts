@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { startCallSpan, tracingEnabled } from "../rpc/tracing.ts";
+import { startCallSpan, tracingEnabled } from "../rpc/_tracing.ts";
 import type { Lab, Running, ServerSpec } from "./lab.ts";
 import { interleaved, onBothQueueTypes } from "./loops.ts";
 import { otlpReceiver, type Received } from "./otlp_receiver.ts";

@@ -2,8 +2,8 @@
  * The one backoff of rpc/: how long to wait before trying again, doubling
  * with each failure up to a cap, with some jitter so that many clients do
  * not come back at the same moment. Used for reconnecting and for crash
- * loops (connection.ts, _crash_loop.ts), for fresh publishing channels
- * (session.ts) and for requests the broker refused (client.ts).
+ * loops (_connection.ts, _crash_loop.ts), for fresh publishing channels
+ * (_session.ts) and for requests the broker refused (_retry.ts).
  *
  * @module
  */

@@ -10,20 +10,19 @@
 import { Buffer } from "node:buffer";
 import type { Channel, ConsumeMessage } from "npm:amqplib@2.3.1";
 import type { RequestContext } from "./context.ts";
-import { ignoreError } from "./connection.ts";
+import { ignoreError } from "./_connection.ts";
 import { MAX_TIMEOUT_MS, readDeadline, type ReceivedDeadline } from "./deadlines.ts";
 import { ERROR_CODE_HEADER, type HandlerFailure, handlerFailure } from "./errors.ts";
-import type { RateLimitedLog } from "./log.ts";
+import type { RateLimitedLog } from "./_log.ts";
 import {
-  type Reply,
   type ReplyAddress,
   replyAddress,
   type ReplyProperties,
   type ReplySender,
-  type ReplyToRule,
   toBuffer,
-} from "./replies.ts";
-import { type ProcessSpan, startProcessSpan } from "./tracing.ts";
+} from "./_replies.ts";
+import type { Reply, ReplyToRule } from "./options.ts";
+import { type ProcessSpan, startProcessSpan } from "./_tracing.ts";
 
 /** The reason a handler's signal aborts with at its caller's deadline. */
 const deadlineReason = () => new DOMException("the caller's deadline passed", "TimeoutError");

@@ -9,7 +9,7 @@
  */
 import vm from "node:vm";
 import { parentPort } from "node:worker_threads";
-import type { Reply } from "./replies.ts";
+import type { Reply } from "./options.ts";
 import type { RequestContext } from "./context.ts";
 import {
   describeThrown,

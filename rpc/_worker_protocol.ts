@@ -9,7 +9,7 @@
 import { pathToFileURL } from "node:url";
 import type { RequestContext } from "./context.ts";
 import { BadRequestError, RpcError } from "./errors.ts";
-import type { Reply } from "./replies.ts";
+import type { Reply } from "./options.ts";
 import type { Worker } from "node:worker_threads";
 
 /** What the worker gets of a request's context: all but the signal, which it gets its own of. */

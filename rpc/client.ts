@@ -13,10 +13,9 @@ import type {
   Message,
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
-import { type Backoff, backoffDelay } from "./_backoff.ts";
-import { ignoreError, openConnection } from "./connection.ts";
+import { ignoreError, openConnection } from "./_connection.ts";
 import { checkTimeout, deadlineHeaders } from "./deadlines.ts";
-import { QueueInspector } from "./diagnosis.ts";
+import { QueueInspector } from "./_diagnosis.ts";
 import { type NoReplyDiagnosis, RpcError, timeoutError } from "./errors.ts";
 import {
   type CallOptions,
@@ -24,15 +23,13 @@ import {
   DEFAULT_MAX_REPLY_BYTES,
   DEFAULT_TIMEOUT_MS,
 } from "./options.ts";
-import { RateLimitedLog } from "./log.ts";
-import { type PendingCall, PendingCalls, readReply } from "./pending.ts";
-import { Session } from "./session.ts";
-import { startCallSpan } from "./tracing.ts";
+import { RateLimitedLog } from "./_log.ts";
+import { type PendingCall, PendingCalls, readReply } from "./_pending.ts";
+import { Retrying } from "./_retry.ts";
+import { Session } from "./_session.ts";
+import { startCallSpan } from "./_tracing.ts";
 import { invokeProcedure, type Procedure } from "./procedure.ts";
-import { brokerUrls, loginUser } from "./urls.ts";
-
-/** Waits before a refused request goes out again with `retry`: 50 ms, doubling up to 1 s. */
-const REFUSED_RETRY_BACKOFF: Backoff = { first: 50, max: 1_000 };
+import { brokerUrls, loginUser } from "./_urls.ts";
 
 /**
  * A client for RPC servers: one connection, one channel, one callback
@@ -59,7 +56,10 @@ export class RpcClient implements AsyncDisposable {
   #blocked?: string;
   readonly #timeout: number;
   readonly #replyQueue: "exclusive" | "direct";
+  /** Whether calls retry unless they say otherwise: the `retry` option. */
   readonly #retry: boolean;
+  /** What a lost connection or a refused request does to the calls (see _retry.ts). */
+  readonly #retrying: Retrying;
   readonly #maxReplyBytes: number;
   readonly #urls: readonly URL[];
   readonly #userId: string | undefined; // sent as `user_id`: see loginUser
@@ -83,6 +83,7 @@ export class RpcClient implements AsyncDisposable {
     }
     this.#trace = options.trace;
     this.#log = new RateLimitedLog(options.log ?? null);
+    this.#retrying = new Retrying(this.#pending, (call) => this.#send(call), this.#log);
     this.connectionName = `rpc_client ${crypto.randomUUID().slice(0, 8)}`;
   }
 
@@ -116,7 +117,7 @@ export class RpcClient implements AsyncDisposable {
     this.#session = session;
     this.#callbackQueue = session.callbackQueue;
     this.#blocked = undefined; // a new connection starts unblocked
-    this.#sendWaitingCalls();
+    this.#retrying.sendWaitingCalls(); // with `retry`, the calls a lost connection left waiting
   }
 
   /**
@@ -202,7 +203,7 @@ export class RpcClient implements AsyncDisposable {
   /** Publishes a call's request, with `reply_to`, `correlation_id` and its deadline. */
   #send(call: PendingCall): void {
     const session = this.#session;
-    if (!session) return this.#notConnected(call);
+    if (!session) return this.#retrying.notConnected(call);
     call.sentOn = session;
     this.#trace?.(
       ` [>] ${call.label} sent, correlation_id ${short(call.correlationId)}, ` +
@@ -222,12 +223,12 @@ export class RpcClient implements AsyncDisposable {
           userId: this.#userId, // the broker checks it: the server learns who called
         },
         call.deadline,
-        (refusal) => refusal && this.#refused(call, session, refusal),
+        (refusal) => refusal && this.#retrying.refused(call, session, refusal),
       );
     } catch {
       // amqplib throws if the channel is closing: its "close" is on the way.
       call.sentOn = undefined;
-      this.#notConnected(call);
+      this.#retrying.notConnected(call);
     }
   }
 
@@ -262,50 +263,13 @@ export class RpcClient implements AsyncDisposable {
   }
 
   /**
-   * Publisher confirms: the broker acks each request it has taken, and
-   * nacks one it refuses (the queue is full, or has no leader yet). The
-   * refused call fails alone, at once, with `rejected`; with `retry` it
-   * goes out again after a short backoff, within its own deadline. The
-   * other calls in flight, which the broker took, wait for their replies.
-   */
-  #refused(call: PendingCall, session: Session, refusal: Error): void {
-    if (refusal.message === "channel closed" || call.sentOn !== session) return; // see #onClosed
-    call.sentOn = undefined;
-    const delay = backoffDelay(++call.refusals, REFUSED_RETRY_BACKOFF);
-    this.#log.write(
-      ` [!] "${call.queue}" refused a request (${refusal.message})` +
-        (call.retry ? `; sending it again in ${delay} ms` : ""),
-      "refused",
-    );
-    if (call.retry && Date.now() + delay < call.deadline) {
-      setTimeout(() => {
-        if (this.#pending.get(call.correlationId) === call && !call.sentOn) this.#send(call);
-      }, delay);
-      return;
-    }
-    const text = `${call.label}: the queue "${call.queue}" refused the request ` +
-      `(it is full, or has no leader yet)`;
-    this.#pending.settle(call, new RpcError("rejected", text));
-  }
-
-  /**
    * Reconnecting. When a channel closes under us, the calls sent on its
-   * connection fail at once with `connection-lost` (their replies would
-   * come to a callback queue that is gone), except those with `retry`,
-   * which wait to go out again. Closing the connection hands the repair to
-   * amqplib's recovery.
+   * connection fail, or wait with `retry` (see _retry.ts). Closing the
+   * connection hands the repair to amqplib's recovery.
    */
   #onClosed(model: ChannelModel, session: Session): void {
     if (this.#session === session) this.#session = undefined;
-    for (const call of this.#pending.values()) {
-      if (call.sentOn !== session && call.sentOn !== undefined) continue;
-      call.sentOn = undefined;
-      call.lostConnection = true;
-      if (!call.retry) {
-        const text = `${call.label}: lost the connection to the broker`;
-        this.#pending.settle(call, new RpcError("connection-lost", text));
-      }
-    }
+    this.#retrying.connectionLost(session);
     if (!this.#closed) model.close().catch(ignoreError);
   }
 
@@ -322,25 +286,6 @@ export class RpcClient implements AsyncDisposable {
         ? " [x] The broker unblocked this connection"
         : ` [!] The broker is blocking publishers: ${reason}`,
     );
-  }
-
-  /** Not connected now: fail at once, or, with `retry`, wait for the reconnection. */
-  #notConnected(call: PendingCall): void {
-    if (call.retry) return;
-    const text = `${call.label}: not connected to the broker (reconnecting)`;
-    this.#pending.settle(call, new RpcError("connection-lost", text));
-  }
-
-  /**
-   * Retrying, opt-in: after a reconnection, calls that wait go out again,
-   * with the same correlation id and what is left of their deadline. Safe
-   * only for idempotent handlers: the first request may have been answered
-   * into the lost callback queue, and is computed twice.
-   */
-  #sendWaitingCalls(): void {
-    for (const call of this.#pending.values()) {
-      if (call.sentOn === undefined) this.#send(call);
-    }
   }
 
   /**

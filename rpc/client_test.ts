@@ -3,7 +3,7 @@
  * its callback queues, the replies it drops, what it puts on each request,
  * the code of an error reply, aborts, calls to no queue, the cap on replies, retrying after a lost
  * connection, and how few socket writes a burst of calls takes. What a
- * timeout says about why: diagnosis_test.ts.
+ * timeout says about why: _diagnosis_test.ts.
  *
  * Run: `deno test -A rpc/client_test.ts`. The test that closes the client's
  * connection from the broker side needs `rabbitmqctl`; without it, it is

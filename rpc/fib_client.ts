@@ -26,12 +26,12 @@ import {
   urlsFromCommandLine,
   UsageError,
   wholeNumber,
-} from "./cli.ts";
-import { ignoreError } from "./connection.ts";
+} from "./_cli.ts";
+import { ignoreError } from "./_connection.ts";
 import { RpcError } from "./errors.ts";
 import { type FibonacciClientOptions, FibonacciRpcClient } from "./fibonacci.ts";
 import { DEFAULT_TIMEOUT_MS } from "./options.ts";
-import { hidePassword } from "./urls.ts";
+import { hidePassword } from "./_urls.ts";
 
 const USAGE = `Usage: deno run --allow-net --allow-env rpc/fib_client.ts [options] N [N ...]
 

@@ -26,7 +26,7 @@ import {
   urlsFromCommandLine,
   UsageError,
   wholeNumber,
-} from "./cli.ts";
+} from "./_cli.ts";
 import { FibonacciRpcServer, type FibonacciServerOptions } from "./fibonacci.ts";
 import { type HealthEndpoint, serveHealth } from "./health.ts";
 import { DEFAULT_PREFETCH, isPrefetch, PREFETCH_RULE } from "./options.ts";
@@ -67,27 +67,30 @@ ${TLS_USAGE}
 Exit status: 0 after SIGINT or SIGTERM, 1 if no broker answers (or
 --allow-net is missing), 2 for a usage error.`;
 
+/** The options the command line takes (see USAGE). */
+const COMMAND_LINE = {
+  url: { type: "string", multiple: true },
+  queue: { type: "string" },
+  prefetch: { type: "string" },
+  concurrency: { type: "string" },
+  workers: { type: "string" },
+  "handler-timeout": { type: "string" },
+  "queue-type": { type: "string" },
+  "no-skip-late": { type: "boolean" },
+  "health-port": { type: "string" },
+  "health-host": { type: "string" },
+  quiet: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+  ...TLS_OPTIONS,
+} as const;
+
 /** Reads the command line into server options; throws a one-line UsageError on bad input. */
 function readCommandLine(
   args: string[],
 ):
   | FibonacciServerOptions & { healthPort?: number; healthHost?: string; workers?: number }
   | "help" {
-  const { values } = parseCommandLine(args, {
-    url: { type: "string", multiple: true },
-    queue: { type: "string" },
-    prefetch: { type: "string" },
-    concurrency: { type: "string" },
-    workers: { type: "string" },
-    "handler-timeout": { type: "string" },
-    "queue-type": { type: "string" },
-    "no-skip-late": { type: "boolean" },
-    "health-port": { type: "string" },
-    "health-host": { type: "string" },
-    quiet: { type: "boolean" },
-    help: { type: "boolean", short: "h" },
-    ...TLS_OPTIONS,
-  });
+  const { values } = parseCommandLine(args, COMMAND_LINE);
   if (values.help) return "help";
   const count = (name: string, text: string | undefined) =>
     text === undefined ? undefined : wholeNumber(name, text, isPrefetch, PREFETCH_RULE);

@@ -28,7 +28,7 @@ import {
 import { CLUSTER_URLS, clusterTests, deleteQueue } from "./_test_cluster.ts";
 import { rabbitmqctl } from "./_test_faults.ts";
 import { type Broker, BROKER_URL, delay, openBroker, waitFor } from "./_test_util.ts";
-import { loginUser } from "./urls.ts";
+import { loginUser } from "./_urls.ts";
 
 const decoder = new TextDecoder();
 

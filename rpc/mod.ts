@@ -76,10 +76,11 @@ export {
   DEFAULT_PREFETCH,
   DEFAULT_TIMEOUT_MS,
   type Handler,
+  type Reply,
+  type ReplyToRule,
   type ServerOptions,
   type TlsOptions,
 } from "./options.ts";
-export type { Reply, ReplyToRule } from "./replies.ts";
 export {
   BadRequestError,
   ERROR_CODE_HEADER,

@@ -6,7 +6,16 @@
 import type { TlsOptions } from "./_tls.ts";
 export type { TlsOptions } from "./_tls.ts";
 import type { RequestContext } from "./context.ts";
-import type { Reply, ReplyToRule } from "./replies.ts";
+
+/** What a handler may return: the reply's body, as bytes or as text (sent as UTF-8). */
+export type Reply = Uint8Array | string;
+
+/**
+ * Which `reply_to` queues a server answers besides the broker-named ones:
+ * a pattern, or a function that says yes or no. A request whose `reply_to`
+ * fits neither is dropped with a log line: nothing is sent to it.
+ */
+export type ReplyToRule = RegExp | ((replyTo: string) => boolean);
 
 /**
  * Computes the reply to one request, from the request's bytes and its

@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import { RpcClient, RpcServer } from "./mod.ts";
 import { FIB_CLIENT, FIB_SERVER, run, type RunResult } from "./_test_process.ts";
 import { BROKER_URL, quiet } from "./_test_util.ts";
-import { hidePassword, parseBrokerUrls } from "./urls.ts";
+import { hidePassword, parseBrokerUrls } from "./_urls.ts";
 
 /** The two halves of every password below: neither may ever be printed. */
 const SECRETS = /Xy9|S3cr3tPW/;

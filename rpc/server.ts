@@ -12,9 +12,9 @@ import type {
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
 import type { ServerHealth } from "./health.ts";
-import { ignoreError, openConnection } from "./connection.ts";
+import { ignoreError, openConnection } from "./_connection.ts";
 import { BadRequestError } from "./errors.ts";
-import { RateLimitedLog } from "./log.ts";
+import { RateLimitedLog } from "./_log.ts";
 import {
   type Procedure,
   type ProcedureHandler,
@@ -28,12 +28,13 @@ import {
   type Handler,
   isPrefetch,
   PREFETCH_RULE,
+  type ReplyToRule,
   type ServerOptions,
 } from "./options.ts";
-import { declareQueue } from "./queue.ts";
-import { ReplySender, type ReplyToRule } from "./replies.ts";
+import { declareQueue } from "./_queue.ts";
+import { ReplySender } from "./_replies.ts";
 import { type RequestHost, RpcRequest } from "./_request.ts";
-import { brokerUrls } from "./urls.ts";
+import { brokerUrls } from "./_urls.ts";
 
 /**
  * A running RPC server, from {@linkcode RpcServer.start}. Up to
@@ -68,7 +69,7 @@ export class RpcServer implements AsyncDisposable {
   readonly #skipLate: boolean;
   readonly #contentType: string | undefined;
   readonly #log: RateLimitedLog;
-  /** The connection requests come in on, and the sender of the replies (rpc/replies.ts). */
+  /** The connection requests come in on, and the sender of the replies (rpc/_replies.ts). */
   #requests?: RecoveringChannelModel;
   #host?: RequestHost;
   #consumer?: { channel: Channel; consumerTag: string };
@@ -111,7 +112,7 @@ export class RpcServer implements AsyncDisposable {
    */
   static async start(options: ServerOptions): Promise<RpcServer> {
     const server = new RpcServer(options);
-    // Replies go out on a connection of their own: see rpc/replies.ts.
+    // Replies go out on a connection of their own: see rpc/_replies.ts.
     const replies = await ReplySender.open(
       server.#urls,
       `${server.connectionName} replies`,

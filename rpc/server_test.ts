@@ -3,7 +3,7 @@
  * its answers and log, bad and hostile requests, queues deleted under it or
  * declared with other settings, closing, and reconnecting when the broker
  * closes its connections. Requests whose callers gave up: deadlines_test.ts;
- * the log's rate: log_test.ts.
+ * the log's rate: _log_test.ts.
  *
  * Run: `deno test -A rpc/server_test.ts`. The tests that close connections
  * from the broker side need `rabbitmqctl`; the hostile-bytes test needs

@@ -8,7 +8,7 @@
  */
 import { Worker } from "node:worker_threads";
 import type { RequestContext } from "./context.ts";
-import type { Reply } from "./replies.ts";
+import type { Reply } from "./options.ts";
 import {
   cloneableHeaders,
   describeThrown,

@@ -16,15 +16,13 @@ import type {
   ConsumeMessage,
   RecoveringChannelModel,
 } from "npm:amqplib@2.3.1";
-import { ignoreError, openConnection, within } from "./connection.ts";
-import type { RateLimitedLog } from "./log.ts";
+import { ignoreError, openConnection, within } from "./_connection.ts";
+import type { RateLimitedLog } from "./_log.ts";
 import type { TlsOptions } from "./_tls.ts";
+import type { Reply, ReplyToRule } from "./options.ts";
 
 /** How long a finished request waits for a lost reply connection to come back, in ms. */
 const REPLY_WAIT_MS = 5_000;
-
-/** What a handler may return: the reply's body, as bytes or as text (sent as UTF-8). */
-export type Reply = Uint8Array | string;
 
 /** Where a reply goes: the request's `reply_to` and `correlation_id`. */
 export type ReplyAddress = { replyTo: string; correlationId: string };
@@ -39,12 +37,6 @@ export type ReplyProperties = {
   headers?: Record<string, string>;
   contentType?: string;
 };
-
-/**
- * Which `reply_to` queues a server answers besides the broker-named ones:
- * a pattern, or a function that says yes or no. See {@linkcode replyAddress}.
- */
-export type ReplyToRule = RegExp | ((replyTo: string) => boolean);
 
 /**
  * Whether the broker named this queue: a server-named queue (`amq.gen-…`,
@@ -69,7 +61,7 @@ export function isBrokerNamed(replyTo: string): boolean {
  * @example
  * ```ts
  * import { Buffer } from "node:buffer";
- * import { RateLimitedLog } from "./log.ts";
+ * import { RateLimitedLog } from "./_log.ts";
  *
  * const urls = [new URL("amqp://localhost")];
  * const log = new RateLimitedLog(console.log);
@@ -177,7 +169,7 @@ export function toBuffer(reply: Reply): Buffer {
  * @example
  * ```ts
  * import type { ConsumeMessage } from "npm:amqplib@2.3.1";
- * import { RateLimitedLog } from "./log.ts";
+ * import { RateLimitedLog } from "./_log.ts";
  *
  * declare const message: ConsumeMessage;
  * const address = replyAddress(message, new RateLimitedLog(console.log), /^replies\./);

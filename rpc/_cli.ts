@@ -5,7 +5,7 @@
  * @module
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { DEFAULT_URL, hidePassword, parseBrokerUrls } from "./urls.ts";
+import { DEFAULT_URL, hidePassword, parseBrokerUrls } from "./_urls.ts";
 import { checkKeyPair, type TlsOptions } from "./_tls.ts";
 
 /** A mistake in the command line: one line, then exit 2. */

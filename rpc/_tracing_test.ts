@@ -1,11 +1,11 @@
 /**
- * Tests of rpc/tracing.ts: the off path, the span logic against a stand-in
+ * Tests of rpc/_tracing.ts: the off path, the span logic against a stand-in
  * SDK, the real thing with Deno's OpenTelemetry (`OTEL_DENO=true`) exporting
  * to an OTLP/HTTP JSON receiver of our own, and one call through the
  * command lines rpc/fib_client.ts and rpc/fib_server.ts, traced end to end
  * (against a real broker).
  *
- * Run: `deno test -A rpc/tracing_test.ts`.
+ * Run: `deno test -A rpc/_tracing_test.ts`.
  *
  * @module
  */
@@ -24,13 +24,13 @@ import {
   TRACER_NAME,
   TRACER_VERSION,
   tracingEnabled,
-} from "./tracing.ts";
+} from "./_tracing.ts";
 import { CONSUMER, type Exported, PRODUCER, startReceiver } from "./_test_otlp.ts";
 import { FIB_CLIENT, FIB_SERVER, run, runDeno, spawnDeno } from "./_test_process.ts";
 import { BROKER_URL, openBroker, waitFor } from "./_test_util.ts";
 
 const TRACEPARENT = /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/;
-const TRACING = new URL("./tracing.ts", import.meta.url).href;
+const TRACING = new URL("./_tracing.ts", import.meta.url).href;
 
 Deno.test("the tracer is named and versioned as the package", async () => {
   const config = JSON.parse(await Deno.readTextFile(new URL("./deno.json", import.meta.url)));

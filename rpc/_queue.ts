@@ -5,8 +5,8 @@
  * @module
  */
 import type { Channel, ChannelModel } from "npm:amqplib@2.3.1";
-import { ignoreError } from "./connection.ts";
-import type { RateLimitedLog } from "./log.ts";
+import { ignoreError } from "./_connection.ts";
+import type { RateLimitedLog } from "./_log.ts";
 
 /**
  * Declares `queue` on a new channel of `model`: durable and quorum (as
@@ -17,7 +17,7 @@ import type { RateLimitedLog } from "./log.ts";
  * @example
  * ```ts
  * import amqp from "npm:amqplib@2.3.1";
- * import { RateLimitedLog } from "./log.ts";
+ * import { RateLimitedLog } from "./_log.ts";
  *
  * const model = await amqp.connect("amqp://localhost");
  * const channel = await declareQueue(model, "rpc_queue", "quorum", new RateLimitedLog(console.log));

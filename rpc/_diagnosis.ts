@@ -5,7 +5,7 @@
  * @module
  */
 import type { Channel } from "npm:amqplib@2.3.1";
-import { ignoreError, within } from "./connection.ts";
+import { ignoreError, within } from "./_connection.ts";
 import type { NoReplyDiagnosis } from "./errors.ts";
 
 /** How long one look at a queue serves the timeouts that follow it, in ms. */

@@ -7,7 +7,7 @@
 import type { Buffer } from "node:buffer";
 import type { Message } from "npm:amqplib@2.3.1";
 import { ERROR_CODE_HEADER, RpcError } from "./errors.ts";
-import type { Session } from "./session.ts";
+import type { Session } from "./_session.ts";
 import { DeadlineSweep } from "./deadlines.ts";
 
 /** A call waiting for its reply. */

@@ -11,7 +11,7 @@ import type { ChannelModel, RecoveringChannelModel } from "npm:amqplib@2.3.1";
 import { type Backoff, backoffDelay } from "./_backoff.ts";
 import { CrashLoopWatch } from "./_crash_loop.ts";
 import { describeTlsFailure, type TlsOptions, tlsSocketOptions } from "./_tls.ts";
-import { redact } from "./urls.ts";
+import { redact } from "./_urls.ts";
 
 /** How long a TCP connect plus the AMQP handshake may take, in ms. */
 export const CONNECT_TIMEOUT_MS = 10_000;

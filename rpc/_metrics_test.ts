@@ -1,21 +1,21 @@
 /**
- * Tests of rpc/metrics.ts: nothing made while metrics are off, and the
+ * Tests of rpc/_metrics.ts: nothing made while metrics are off, and the
  * real thing: the command-line server and client with Deno's OpenTelemetry
  * (`OTEL_DENO=true`) exporting their metrics to an OTLP/HTTP JSON receiver
  * of our own, against the broker.
  *
- * Run: `deno test -A rpc/metrics_test.ts`.
+ * Run: `deno test -A rpc/_metrics_test.ts`.
  *
  * @module
  */
 import assert from "node:assert/strict";
 import { type MeterProvider, metrics } from "npm:@opentelemetry/api@1.10.0";
-import { startCallSpan, startProcessSpan } from "./tracing.ts";
+import { startCallSpan, startProcessSpan } from "./_tracing.ts";
 import { type ExportedPoint, startReceiver } from "./_test_otlp.ts";
 import { FIB_CLIENT, FIB_SERVER, runDeno, spawnDeno } from "./_test_process.ts";
 import { BROKER_URL, openBroker, waitFor } from "./_test_util.ts";
 
-const METRICS = new URL("./metrics.ts", import.meta.url).href;
+const METRICS = new URL("./_metrics.ts", import.meta.url).href;
 
 Deno.test("with metrics off, nothing is made: no measure, no global", async () => {
   const script = `
@@ -117,6 +117,14 @@ function latest(
   ).at(-1);
 }
 
+/** A duration histogram in seconds, of `count` operations that took more than 0 s and less than `maxSum` s in all. */
+function assertDurations(point: ExportedPoint, count: number, maxSum: number): void {
+  assert.equal(point.type, "histogram");
+  assert.equal(point.unit, "s");
+  assert.equal(point.count, count);
+  assert.ok(point.sum! > 0 && point.sum! < maxSum, `sum ${point.sum} s`);
+}
+
 Deno.test("with OTEL_DENO=true, the server and the client export duration histograms and calls in flight", async () => {
   await using broker = await openBroker();
   await using receiver = startReceiver();
@@ -143,21 +151,13 @@ Deno.test("with OTEL_DENO=true, the server and the client export duration histog
     return latest(points, "fib_server", process, attributes(queue, "process")) !== undefined &&
       latest(points, "fib_client", send, attributes(queue, "send")) !== undefined;
   }, 10_000);
-  const served = latest(points, "fib_server", process, attributes(queue, "process"))!;
-  assert.equal(served.type, "histogram");
-  assert.equal(served.unit, "s");
-  assert.equal(served.count, 3);
-  assert.ok(served.sum! > 0 && served.sum! < 10, `sum ${served.sum} s`);
+  assertDurations(latest(points, "fib_server", process, attributes(queue, "process"))!, 3, 10);
   // Refused: a BadRequestError (error.type bad-request where error replies carry codes).
   const refusedOnServer = ["BadRequestError", "bad-request"].map((type) =>
     latest(points, "fib_server", process, attributes(queue, "process", type))
   ).find(Boolean);
   assert.equal(refusedOnServer?.count, 1, JSON.stringify(points.filter((p) => p.name === process)));
-  const calls = latest(points, "fib_client", send, attributes(queue, "send"))!;
-  assert.equal(calls.type, "histogram");
-  assert.equal(calls.unit, "s");
-  assert.equal(calls.count, 3);
-  assert.ok(calls.sum! > 0 && calls.sum! < 30, `sum ${calls.sum} s`);
+  assertDurations(latest(points, "fib_client", send, attributes(queue, "send"))!, 3, 30);
   const failedCall = ["remote", "bad-request"].map((type) =>
     latest(points, "fib_client", send, attributes(queue, "send", type))
   ).find(Boolean);

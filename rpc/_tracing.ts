@@ -26,7 +26,7 @@ import {
   type Tracer,
   type TracerProvider,
 } from "npm:@opentelemetry/api@1.10.0";
-import { errorType, type Measure, startMeasure } from "./metrics.ts";
+import { errorType, type Measure, startMeasure } from "./_metrics.ts";
 
 /**
  * The tracer's name: the package's (rpc/deno.json).
@@ -117,7 +117,7 @@ export interface CallSpan {
  */
 export function startCallSpan(queue: string, correlationId: string): CallSpan | undefined {
   const tracer = activeTracer();
-  const measure = startMeasure("send", queue); // metrics (rpc/metrics.ts) end with the span
+  const measure = startMeasure("send", queue); // metrics (rpc/_metrics.ts) end with the span
   if (!tracer) return measure && new Traced(undefined, ROOT_CONTEXT, {}, measure);
   const span = tracer.startSpan(`send ${queue}`, {
     kind: SpanKind.PRODUCER,

@@ -1,8 +1,8 @@
 /**
- * Tests of the server's rate-limited log (rpc/log.ts) against a real broker:
+ * Tests of the server's rate-limited log (rpc/_log.ts) against a real broker:
  * at most 20 request lines a second, then a count.
  *
- * Run: `deno test -A rpc/log_test.ts`.
+ * Run: `deno test -A rpc/_log_test.ts`.
  *
  * @module
  */

@@ -13,7 +13,7 @@ import type {
   Options,
 } from "npm:amqplib@2.3.1";
 import { type Backoff, backoffDelay } from "./_backoff.ts";
-import { ignoreError } from "./connection.ts";
+import { ignoreError } from "./_connection.ts";
 
 /** RabbitMQ's direct reply-to pseudo-queue: replies come straight to the consuming channel. */
 const DIRECT_REPLY_TO = "amq.rabbitmq.reply-to";

@@ -4,7 +4,7 @@
  * not exist, or never speak AMQP, and a broker that vanishes mid-call (a TCP
  * proxy of the test's own, cut).
  *
- * Run: `deno test -A rpc/connection_test.ts`.
+ * Run: `deno test -A rpc/_connection_test.ts`.
  *
  * @module
  */

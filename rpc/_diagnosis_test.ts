@@ -1,9 +1,9 @@
 /**
- * Tests of what a timed-out call says about why (rpc/diagnosis.ts), against
+ * Tests of what a timed-out call says about why (rpc/_diagnosis.ts), against
  * a real broker: no server consumes the queue, the server did not answer in
  * time, the queue was deleted; one look at the queue for a whole burst.
  *
- * Run: `deno test -A rpc/diagnosis_test.ts`.
+ * Run: `deno test -A rpc/_diagnosis_test.ts`.
  *
  * @module
  */

@@ -16,7 +16,7 @@
  * Through `npm:@opentelemetry/api`: Deno's built-in OpenTelemetry
  * (`OTEL_DENO=true`, exporting over OTLP) or any SDK registered with the API.
  * With neither, {@linkcode startMeasure} returns `undefined` after a few
- * property reads, and nothing is made. rpc/tracing.ts calls it where a call
+ * property reads, and nothing is made. rpc/_tracing.ts calls it where a call
  * or a request starts, and ends it where its span ends.
  *
  * @module
@@ -29,7 +29,7 @@ import {
   metrics,
   type UpDownCounter,
 } from "npm:@opentelemetry/api@1.10.0";
-import { TRACER_NAME, TRACER_VERSION } from "./tracing.ts";
+import { TRACER_NAME, TRACER_VERSION } from "./_tracing.ts";
 
 /** The histograms' buckets, in seconds: those the semantic conventions advise. */
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10];
