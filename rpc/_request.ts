@@ -65,7 +65,8 @@ export class RpcRequest {
   readonly #host: RequestHost;
   #span?: ProcessSpan;
   #address?: ReplyAddress;
-  #timers: ReturnType<typeof setTimeout>[] = [];
+  /** Made only for a request that sets a timer: most never do. */
+  #timers?: ReturnType<typeof setTimeout>[];
   /** An outcome was taken (or the request abandoned): any later one is dropped. */
   #settled = false;
   /** Acked or given back. */
@@ -126,24 +127,12 @@ export class RpcRequest {
 
   /** What the handler knows of the request. */
   context(): RequestContext {
-    const { properties, fields } = this.message;
     if (this.#deadlinePassed()) this.#abort(deadlineReason());
-    const signal = () => this.#signal();
-    return {
-      queue: this.#host.queue,
-      correlationId: String(properties.correlationId),
-      headers: properties.headers ?? {},
-      userId: typeof properties.userId === "string" ? properties.userId : undefined,
-      redelivered: fields.redelivered,
-      deadline: this.deadline?.deadline,
-      get signal() {
-        return signal();
-      },
-    };
+    return new Context(this, this.#host.queue);
   }
 
-  /** The handler's signal, made when first read. */
-  #signal(): AbortSignal {
+  /** The handler's signal, made when first read (by {@linkcode RequestContext.signal}). */
+  signal(): AbortSignal {
     if (!this.#controller) {
       this.#controller = new AbortController();
       if (this.#abortReason) this.#controller.abort(this.#abortReason);
@@ -182,7 +171,7 @@ export class RpcRequest {
   }
 
   #after(ms: number, then: () => void): void {
-    this.#timers.push(setTimeout(then, Math.max(0, ms)));
+    (this.#timers ??= []).push(setTimeout(then, Math.max(0, ms)));
   }
 
   #watchDeadline(): void {
@@ -309,7 +298,37 @@ export class RpcRequest {
   }
 
   #clearTimers(): void {
+    if (!this.#timers) return;
     for (const timer of this.#timers) clearTimeout(timer);
-    this.#timers = [];
+    this.#timers = undefined;
+  }
+}
+
+/**
+ * A request's {@linkcode RequestContext}: a class rather than an object
+ * literal with a getter, which is slower to make, once per request.
+ */
+class Context implements RequestContext {
+  readonly queue: string;
+  readonly correlationId: string;
+  readonly headers: Readonly<Record<string, unknown>>;
+  readonly userId: string | undefined;
+  readonly redelivered: boolean;
+  readonly deadline: number | undefined;
+  readonly #request: RpcRequest;
+
+  constructor(request: RpcRequest, queue: string) {
+    const { properties, fields } = request.message;
+    this.#request = request;
+    this.queue = queue;
+    this.correlationId = String(properties.correlationId);
+    this.headers = properties.headers ?? {};
+    this.userId = typeof properties.userId === "string" ? properties.userId : undefined;
+    this.redelivered = fields.redelivered;
+    this.deadline = request.deadline?.deadline;
+  }
+
+  get signal(): AbortSignal {
+    return this.#request.signal();
   }
 }
