@@ -7,8 +7,8 @@
  * switched on alone, so the benchmark can print what each one costs:
  *
  * - client `confirms`: requests go out on a confirm channel (publisher confirms);
- * - client `properties`: requests carry `mandatory`, `expiration` and the
- *   `x-deadline` header, as ours do;
+ * - client `properties`: requests carry `mandatory`, `expiration`, the
+ *   `x-deadline` and `x-timeout-ms` headers and `user_id`, as ours do;
  * - server `replyConnection`: replies go out on a second connection;
  * - `coalesce`, either side: the frames written in one task leave in one
  *   socket write, as the library's `coalesceWrites` (rpc/_connection.ts) sends
@@ -38,7 +38,7 @@ export interface RawClientOptions {
   queue: string;
   /** Publish on a confirm channel. */
   confirms: boolean;
-  /** Publish with `mandatory`, `expiration` and an `x-deadline` header. */
+  /** Publish with `mandatory`, `expiration`, `x-deadline` and `x-timeout-ms` headers, `user_id`. */
   properties: boolean;
   /** The deadline that `expiration` and `x-deadline` carry, in ms. */
   timeout?: number;
@@ -84,6 +84,8 @@ function coalesce(model: { connection: unknown }): void {
 export async function rawClient(options: RawClientOptions): Promise<RawClient> {
   const { queue, confirms, properties } = options;
   const timeout = options.timeout ?? 30_000;
+  // The user it logs in as (amqplib's default: guest), sent as `user_id` as ours is.
+  const user = decodeURIComponent(new URL(options.url).username) || "guest";
   const connection = await amqp.connect(options.url, { noDelay: true });
   if (options.coalesce) coalesce(connection);
   const channel: Channel | ConfirmChannel = confirms
@@ -107,7 +109,8 @@ export async function rawClient(options: RawClientOptions): Promise<RawClient> {
           replyTo,
           mandatory: true,
           expiration: String(timeout),
-          headers: { "x-deadline": Date.now() + timeout },
+          headers: { "x-deadline": Date.now() + timeout, "x-timeout-ms": timeout },
+          userId: user,
         }
         : { correlationId, replyTo };
       const body = Buffer.from(String(n));
