@@ -230,14 +230,22 @@ function ownQueue() {
   };
 }
 
-/** A folder of the test's own with a copy of rpc_server.ts, the page's edit applied to it. */
-async function editedServer(edit: string[]) {
+/**
+ * A folder of the test's own with a copy of rpc_server.ts, the page's edit applied to it, and,
+ * if `commentOut` is given, the one line that contains it made a comment.
+ */
+async function editedServer(edit: string[], commentOut?: string) {
   const [anchor, ...added] = edit;
   assert.match(anchor, /function fib\(/, "the edit goes under the first line of function fib");
   const lines = (await Deno.readTextFile(`${HERE}/rpc_server.ts`)).split("\n");
   const at = lines.findIndex((line) => line.trimEnd() === anchor.trimEnd());
   assert.ok(at >= 0, `rpc_server.ts has no line ${JSON.stringify(anchor)}, as WORKSHOP.md says`);
   lines.splice(at + 1, 0, ...added);
+  if (commentOut !== undefined) {
+    const found = lines.flatMap((line, i) => line.includes(commentOut) ? [i] : []);
+    assert.equal(found.length, 1, `rpc_server.ts has one line with ${commentOut}`);
+    lines[found[0]] = lines[found[0]].replace(/^(\s*)/, "$1// ");
+  }
   const folder = await Deno.makeTempDir({ prefix: "workshop_test." });
   await Deno.writeTextFile(`${folder}/rpc_server.ts`, lines.join("\n"));
   return {
@@ -329,6 +337,23 @@ Deno.test("exercise 4, a slow request: a busy server gets no new request while t
   assert.deepEqual(fibLines(busy), [" [.] fib(100)"], "the busy server took nothing else");
 });
 
+Deno.test("exercise 4's hint: without prefetch 1, the busy server is handed small requests too", async () => {
+  const page = exercise(4);
+  assert.match(WORKSHOP, /Comment out the `prefetch` line/);
+  await using queue = ownQueue();
+  await using slow = await editedServer(page.edit("rpc_server.ts"), ".prefetch(1)");
+  const start = (who: string) => participant(who, words(SERVER), queue.name, slow.folder);
+  await using one = start("terminal 1");
+  await using three = start("terminal 3");
+  await Promise.all([one.waitFor(AWAITING), three.waitFor(AWAITING)]);
+  await using waiting = participant("terminal 2", page.command("terminal 2"), queue.name);
+  const [busy] = await busyAndOther(one, three, " [.] fib(100)");
+  await using quick = participant("terminal 4", page.command("terminal 4"), queue.name);
+  assert.equal(await quick.exit(), 0, quick.stderr);
+  assert.equal(await waiting.exit(), 0, waiting.stderr);
+  assert.ok(fibLines(busy).length > 1, "the busy server took some of fib(1) to fib(4)");
+});
+
 Deno.test("exercise 5, a server dies in the middle of a request: the broker hands it to the other", async () => {
   const page = exercise(5);
   await using queue = ownQueue();
@@ -346,6 +371,24 @@ Deno.test("exercise 5, a server dies in the middle of a request: the broker hand
   assert.equal(await client.exit(), 0, client.stderr);
   assertSees("terminal 2", client, page.expected("terminal 2"));
   assert.equal(client.printed(" [.] Got …").length, 1, "one answer");
+});
+
+Deno.test("exercise 5's hint: Ctrl-C lets the busy server finish and reply before it stops", async () => {
+  const page = exercise(5);
+  assert.match(WORKSHOP, /Try Ctrl-C instead of closing the window: the server first finishes/);
+  await using queue = ownQueue();
+  await using slow = await editedServer(exercise(4).edit("rpc_server.ts"));
+  const start = (who: string) => participant(who, words(SERVER), queue.name, slow.folder);
+  await using one = start("terminal 1");
+  await using three = start("terminal 3");
+  await Promise.all([one.waitFor(AWAITING), three.waitFor(AWAITING)]);
+  await using client = participant("terminal 2", page.command("terminal 2"), queue.name);
+  const [busy, other] = await busyAndOther(one, three, " [.] fib(100)");
+  busy.kill("SIGINT");
+  assert.equal(await busy.exit(), 0, busy.stderr);
+  assert.equal(await client.exit(), 0, client.stderr);
+  assertSees("terminal 2", client, page.expected("terminal 2"));
+  assert.deepEqual(fibLines(other), [], "the other server computed nothing");
 });
 
 /** Waits until one of two servers prints `line`: that one, then the other. */
