@@ -268,6 +268,29 @@ Deno.test("the page's set-up check starts the server as these tests do", () => {
   );
 });
 
+Deno.test("the picture says only what the lesson's code does", async () => {
+  const picture = WORKSHOP.match(/^```mermaid\n(sequenceDiagram\n[\s\S]*?)^```$/m)?.[1] ?? "";
+  const server = await Deno.readTextFile(`${HERE}/rpc_server.ts`);
+  const client = await Deno.readTextFile(`${HERE}/rpc_client.ts`);
+  const claims: [string, string, RegExp][] = [
+    ["prefetch 1", server, /\.prefetch\(1\)/],
+    ["(durable, quorum)", server, /durable: true,\s+arguments: \{ "x-queue-type": "quorum" \}/],
+    ["consumes it with acks", server, /channel\.ack\(request\)/],
+    ["amq.gen-… (exclusive)", client, /assertQueue\("", \{ exclusive: true \}\)/],
+    ["expiration 30000", client, /expiration: timeout/],
+    ["expiration 30000", client, /timeout = 30_000|default: "30000"/],
+    ["reply_to amq.gen-…", client, /replyTo/],
+    ["a reply whose correlation_id no call", client, /no call waits/],
+  ];
+  for (const [claim, code, does] of claims) {
+    assert.ok(picture.includes(claim), `the picture says ${JSON.stringify(claim)}`);
+    assert.match(code, does, `the picture says ${JSON.stringify(claim)}; the code should match`);
+  }
+  // The ack after the reply: in the server, sendToQueue comes before ack.
+  assert.ok(server.indexOf("sendToQueue(") < server.indexOf("channel.ack("));
+  assert.ok(/reply_to[^\n]*\n[^\n]*correlation_id/.test(picture), "both on the request's arrow");
+});
+
 Deno.test("exercise 1, many calls at once over one callback queue: each reply matches its call by correlation_id", async () => {
   const page = exercise(1);
   await using queue = ownQueue();
