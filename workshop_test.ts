@@ -204,7 +204,8 @@ function participant(who: string, command: string[], queue: string, cwd = HERE) 
     const [script, ...args] = standIns[command[1] as keyof typeof standIns] ?? assert.fail(
       `${who}: no stand-in for ${command.join(" ")}`,
     );
-    return spawn(who, [PYTHON, `${HERE}/interop/${script}`, ...args], HERE, { RPC_QUEUE: queue });
+    const program = [PYTHON, `${HERE}/interop/${script}`, ...args, ...command.slice(2)];
+    return spawn(who, program, HERE, { RPC_QUEUE: queue });
   }
   assert.deepEqual(command.slice(0, 3), ["deno", "run", "-A"], `${who}: ${command.join(" ")}`);
   const script = command.findIndex((word) => word.endsWith(".ts"));
@@ -302,6 +303,8 @@ Deno.test("exercise 1, many calls at once over one callback queue: each reply ma
   const replyTo = client.stderr.match(/amq\.gen-[\w-]+/g) ?? [];
   assert.ok(replyTo.length >= 3, "each request names its reply_to");
   assert.equal(new Set(replyTo).size, 1, "one callback queue for every call");
+  const ids = [...client.stderr.matchAll(/ \[>\] .*correlation_id (\S+?),/g)].map(([, id]) => id);
+  assert.equal(new Set(ids).size, 3, "a correlation_id of its own for each call");
 });
 
 Deno.test("exercise 2, no server: the call times out, and its request expires before a server comes", async () => {
@@ -446,6 +449,12 @@ Deno.test({
     assert.equal(await python.exit(), 0, python.stderr);
     assertSees("python client", python, page.expected("python client"));
     assertSees("deno server", server, page.expected("deno server"));
+    // The official Node client takes its replies by direct reply-to: so does our stand-in here.
+    assert.match(WORKSHOP, /Node's\s+`rpc_server\.js`\s+and\s+`rpc_client\.js`/);
+    const node = ["python3", "rpc_client.py", "--reply", "direct"];
+    await using direct = participant("a client on direct reply-to", node, queue.name);
+    assert.equal(await direct.exit(), 0, direct.stderr);
+    assertSees("a client on direct reply-to", direct, page.expected("python client"));
   },
 });
 if (pikaMissing) console.log("exercise 6 skipped: it needs /usr/bin/python3 with pika");
