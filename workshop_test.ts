@@ -474,6 +474,25 @@ Deno.test("exercise 7, another function: the solution reverses strings, in both 
   assertSees("terminal 1", server, page.expected("terminal 1"));
 });
 
+Deno.test("exercise 7's hint: changed on one side only, the pair gives a wrong answer or an error", async () => {
+  const page = exercise(7);
+  await using queue = ownQueue();
+  {
+    await using server = participant("reverse server", words(SERVER), queue.name, SOLUTION);
+    await server.waitFor(AWAITING);
+    const asking = words("deno run -A rpc_client.ts 30");
+    await using client = participant("fib client", asking, queue.name);
+    assert.equal(await client.exit(), 0, client.stderr);
+    assertSees("fib client", client, page.expected("fib client, reverse server"));
+  }
+  await using server = participant("fib server", words(SERVER), queue.name);
+  await server.waitFor(AWAITING);
+  const asking = words("deno run -A rpc_client.ts hello");
+  await using client = participant("reverse client", asking, queue.name, SOLUTION);
+  assert.equal(await client.exit(), 1);
+  assertSees("reverse client", client, page.expected("reverse client, fib server"));
+});
+
 Deno.test("exercise 7's solution keeps the lesson's rules: 170 lines, 80 columns, amqplib only", async () => {
   for (const file of ["rpc_server.ts", "rpc_client.ts"]) {
     const text = await Deno.readTextFile(`${SOLUTION}/${file}`);

@@ -1,14 +1,12 @@
-// rpc_client.ts, WORKSHOP.md's exercise 7 solved: the RPC tutorial's
-// client, calling reverse(text) instead of fib(n). It sends each text to
-// rpc_queue, and waits on its callback queue for the reply with its
-// correlation_id. Several calls share the callback queue:
+// rpc_client.ts, exercise 7 of WORKSHOP.md solved: the tutorial's client
+// calling reverse(text), not fib(n). It sends each text to rpc_queue and
+// waits on its callback queue for the reply with its correlation_id:
 //     deno run --allow-net --allow-env rpc_client.ts hello "Deno 🦕"
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
 import amqp from "npm:amqplib@2.3.1";
 
-// Connects, and gives back call(text), close() and the callback queue.
-// Each call waits `timeout` ms at most for its reply.
+// Connects; gives back call(text), close() and the callback queue name.
 export async function startClient(
   url: string,
   queue = "rpc_queue",
@@ -29,8 +27,7 @@ export async function startClient(
   // The calls waiting for their reply, by correlation_id.
   const calls = new Map();
 
-  // Step 3: consume the callback queue. noAck: a reply that is lost on
-  // the way is a call that times out.
+  // Step 3: consume the callback queue. noAck: a lost reply times out.
   await channel.consume(callbackQueue, (reply) => {
     if (reply === null) return; // only if our queue were deleted
     const correlationId = reply.properties.correlationId;
@@ -45,11 +42,11 @@ export async function startClient(
     }
     const asked = `reverse(${call.text})`;
     if (verbose) console.error(` [<] reply ${id}: matches ${asked}`);
-    // Any text is an answer: there is no bad reply to look out for.
-    if (reply.properties.type === "error") {
-      settle(correlationId, new Error(`${asked}: ${text}`));
-    } else {
+    // Any text is an answer, unless its type is "error".
+    if (reply.properties.type !== "error") {
       settle(correlationId, text);
+    } else {
+      settle(correlationId, new Error(`${asked}: ${text}`));
     }
   }, { noAck: true });
 
@@ -69,12 +66,10 @@ export async function startClient(
       const options = { replyTo, correlationId, expiration: timeout };
       channel.sendToQueue(queue, Buffer.from(text), options);
       const id = correlationId.slice(0, 8);
-      const asked = `reverse(${text})`;
-      const sent = ` [>] ${asked}, correlation_id ${id}, reply_to ${replyTo}`;
-      if (verbose) console.error(sent);
+      const sent = ` [>] reverse(${text}), correlation_id ${id}`;
+      if (verbose) console.error(`${sent}, reply_to ${replyTo}`);
     });
   }
-
   // Step 6: settle a call: forget it, stop its timer, give the answer.
   function settle(correlationId: string, answer: string | Error) {
     const call = calls.get(correlationId);
@@ -82,22 +77,17 @@ export async function startClient(
     clearTimeout(call.timer);
     call.resolve(answer);
   }
-
   // A lost connection fails every call at once, not each at its timeout.
-  let closed = false;
   connection.on("close", () => {
-    closed = true;
     for (const [correlationId, call] of calls) {
-      const lost = `reverse(${call.text}): lost the connection`;
+      const lost = `reverse(${call.text}): lost the connection to the broker`;
       settle(correlationId, new Error(lost));
     }
   });
-
-  // Step 7: close the connection (unless the broker closed it already).
+  // Step 7: close the connection.
   async function close() {
-    if (!closed) await connection.close();
+    await connection.close();
   }
-
   return { callbackQueue, call, close };
 }
 
@@ -129,10 +119,9 @@ function exit(code: number, message: string): never {
   Deno.exit(code);
 }
 
-const USAGE = `Usage: rpc_client.ts [--queue NAME] [--timeout MS] [--verbose] T...
-Asks the server on the queue NAME (rpc_queue), at $AMQP_URL (amqp://localhost)
-for reverse(TEXT), each TEXT at most 1000 bytes, each call waiting MS ms
-(30000) at most.`;
+const USAGE = `Usage: rpc_client.ts [--queue NAME] [--timeout MS] [--verbose] T
+Asks the server on the queue NAME (rpc_queue) at $AMQP_URL for reverse(T),
+each text T at most 1000 bytes, each call waiting MS ms (30000) at most.`;
 
 if (import.meta.main) {
   let args;
@@ -169,11 +158,8 @@ if (import.meta.main) {
   });
   // Ctrl-C: exit 0 at once; the broker deletes our callback queue.
   Deno.addSignalListener("SIGINT", () => Deno.exit(0));
-  const answers = [];
-  for (const text of texts) {
-    console.log(` [x] Requesting reverse(${text})`);
-    answers.push(client.call(text));
-  }
+  for (const text of texts) console.log(` [x] Requesting reverse(${text})`);
+  const answers = texts.map((text) => client.call(text));
   // Each answer as soon as it, and those asked before it, are in.
   for (const answer of answers) {
     const result = await answer;

@@ -1,7 +1,7 @@
-// rpc_server.ts, WORKSHOP.md's exercise 7 solved: the RPC tutorial's
-// server, serving reverse(text) instead of fib(n). It takes a text from
-// rpc_queue, reverses it, and sends the answer to the queue in the
-// request's reply_to, with its correlation_id:
+// rpc_server.ts, exercise 7 of WORKSHOP.md solved: the tutorial's server
+// serving reverse(text), not fib(n). It takes a text from rpc_queue and
+// sends it back reversed to the queue in the request's reply_to, with
+// its correlation_id:
 //     deno run --allow-net --allow-env rpc_server.ts
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
@@ -15,8 +15,11 @@ export function reverse(text: string): string {
 
 // Serves reverse on `queue`, and gives back the connection.
 export async function startServer(url: string, queue: string) {
-  // Step 1: connect to RabbitMQ (connect(), below, says why it fails).
-  const connection = await connect(url);
+  // Step 1: connect to RabbitMQ. noDelay: send each message at once;
+  // timeout: a port that never speaks AMQP fails after 10 s.
+  const options = { noDelay: true, timeout: 10_000 };
+  const connection = await amqp.connect(url, options);
+  connection.on("error", () => {}); // "close" follows it, below
   // Step 2: open a channel. If the broker closes it, we stop.
   const channel = await connection.createChannel();
   channel.on("error", (error) => exit(1, error.message));
@@ -82,25 +85,10 @@ export async function startServer(url: string, queue: string) {
 
 // ─── What the tutorial leaves out ────────────────────────────────────
 
-// Step 1, with a timeout, and a one-line error that hides the password.
-async function connect(url: string) {
-  // noDelay: send each message at once (no Nagle's algorithm).
-  // timeout: a port that never speaks AMQP fails after 10 s.
-  const options = { noDelay: true, timeout: 10_000 };
-  const connection = await amqp.connect(url, options).catch((error) => {
-    throw new Error(`cannot connect to ${hidePassword(url)}: ${why(error)}`);
-  });
-  // amqplib reports a lost connection as "error", then "close". Without
-  // a listener, "error" would crash us; the command line awaits "close".
-  connection.on("error", () => {});
-  return connection;
-}
-
 // Why the broker could not be reached, in a few words.
 function why(error: { code?: string; message: string }) {
   const text = error.message;
   if (error.code === "ECONNREFUSED") return "refused (is RabbitMQ running?)";
-  if (error.code === "ENOTFOUND") return "unknown host";
   if (text === "connect ETIMEDOUT") return "no AMQP answer within 10 s";
   if (text.includes("ACCESS_REFUSED")) return "wrong user or password";
   if (text.includes("ConnectionOpenOk")) return "no access to the vhost";
@@ -116,9 +104,10 @@ function hidePassword(text: string) {
   return text.slice(0, colon) + ":***" + text.slice(at);
 }
 
-// Ends the program with one line on stderr, and an exit code.
+// Ends the program with one line, password hidden. 2: a bad command line.
 function exit(code: number, message: string): never {
-  console.error(`rpc_server: ${hidePassword(message.split("\n")[0])}`);
+  const hint = code === 2 ? " (see --help)" : "";
+  console.error(`rpc_server: ${hidePassword(message.split("\n")[0])}${hint}`);
   Deno.exit(code);
 }
 
@@ -138,18 +127,19 @@ if (import.meta.main) {
       },
     });
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    exit(2, `${message} (see --help)`);
+    exit(2, error instanceof Error ? error.message : String(error));
   }
   const queue = args.values.queue;
   if (args.values.help) {
     console.log(USAGE);
     Deno.exit(0);
   }
-  if (queue === "") exit(2, "--queue must not be empty (see --help)");
+  if (queue === "") exit(2, "--queue must not be empty");
   const url = Deno.env.get("AMQP_URL") ?? "amqp://localhost";
   const started = startServer(url, queue);
-  const connection = await started.catch((error) => exit(1, error.message));
+  const connection = await started.catch((error) => {
+    return exit(1, `cannot connect to ${url}: ${why(error)}`);
+  });
   // A lost connection: one line, and exit 1.
   connection.on("close", () => exit(1, "lost the connection to the broker"));
   // Ctrl-C: close the connection (a request not acked yet goes back to
