@@ -43,13 +43,18 @@ const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Exercise `number` of the page: its fenced blocks, by language and label. */
 function exercise(number: number) {
-  const section = WORKSHOP.split(/^### /m).find((s) => s.startsWith(`Exercise ${number}:`));
-  assert.ok(section, `WORKSHOP.md has no "### Exercise ${number}:" heading`);
+  return section(`Exercise ${number}:`);
+}
+
+/** The section of the page under the `### ` heading that starts with `heading`. */
+function section(heading: string) {
+  const section = WORKSHOP.split(/^### /m).find((s) => s.startsWith(heading));
+  assert.ok(section, `WORKSHOP.md has no "### ${heading}" heading`);
   const blocks = [...section.matchAll(/^```(\w+) ([^\n]+)\n([\s\S]*?)^```$/gm)];
   /** The lines of the one block of `language` labelled `label`. */
   function block(language: string, label: string): string[] {
     const found = blocks.filter(([, lang, info]) => lang === language && info.trim() === label);
-    assert.equal(found.length, 1, `exercise ${number}: one \`\`\`${language} ${label} block`);
+    assert.equal(found.length, 1, `"${heading}" has one \`\`\`${language} ${label} block`);
     return found[0][3].replace(/\n$/, "").split("\n");
   }
   return {
@@ -59,7 +64,7 @@ function exercise(number: number) {
     /** The one command line of a ```sh block. */
     command(label: string) {
       const [command, ...more] = this.commands(label);
-      assert.equal(more.length, 0, `exercise ${number}: one command in "sh ${label}"`);
+      assert.equal(more.length, 0, `"${heading}" has one command in "sh ${label}"`);
       return command;
     },
     /** The lines a ```text block says a participant should see. */
@@ -290,6 +295,18 @@ Deno.test("the picture says only what the lesson's code does", async () => {
   // The ack after the reply: in the server, sendToQueue comes before ack.
   assert.ok(server.indexOf("sendToQueue(") < server.indexOf("channel.ack("));
   assert.ok(/reply_to[^\n]*\n[^\n]*correlation_id/.test(picture), "both on the request's arrow");
+});
+
+Deno.test("the run: one server, one client, and fib(30) comes back", async () => {
+  const page = section("Run");
+  await using queue = ownQueue();
+  await using server = participant("terminal 1", words(SERVER), queue.name);
+  await server.waitFor(AWAITING);
+  await using client = participant("terminal 2", page.command("terminal 2"), queue.name);
+  assert.equal(await client.exit(), 0, client.stderr);
+  assertSees("terminal 2", client, page.expected("terminal 2"));
+  await server.waitFor(page.expected("terminal 1").at(-1)!);
+  assertSees("terminal 1", server, page.expected("terminal 1"));
 });
 
 Deno.test("exercise 1, many calls at once over one callback queue: each reply matches its call by correlation_id", async () => {
