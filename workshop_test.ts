@@ -283,7 +283,7 @@ Deno.test("the picture says only what the lesson's code does", async () => {
     ["(durable, quorum)", server, /durable: true,\s+arguments: \{ "x-queue-type": "quorum" \}/],
     ["consumes it with acks", server, /channel\.ack\(request\)/],
     ["amq.gen-… (exclusive)", client, /assertQueue\("", \{ exclusive: true \}\)/],
-    ["expiration 30000", client, /expiration: timeout/],
+    ["expiration 30000", client, /expiration\s*[:=]\s*timeout\b/],
     ["expiration 30000", client, /timeout = 30_000|default: "30000"/],
     ["reply_to amq.gen-…", client, /replyTo/],
     ["a reply whose correlation_id no call", client, /no call waits/],
