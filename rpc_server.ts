@@ -144,10 +144,14 @@ if (import.meta.main) {
   }
   if (queue === "") exit(2, "--queue must not be empty");
   const url = Deno.env.get("AMQP_URL") ?? "amqp://localhost";
+  // Ctrl-C while still connecting: exit 0 at once.
+  const quit = () => Deno.exit(0);
+  Deno.addSignalListener("SIGINT", quit);
   const started = startServer(url, queue);
   const connection = await started.catch((error) => {
     return exit(1, `cannot connect to ${url}: ${why(error)}`);
   });
+  Deno.removeSignalListener("SIGINT", quit);
   // A lost connection: one line, and exit 1.
   const lost = "lost the connection to the broker";
   connection.on("close", () => exit(1, lost));

@@ -571,6 +571,29 @@ Deno.test("Ctrl-C stops a client that waits for its answer: exit 0, nothing on s
   assert.equal(client.stderr, "");
 });
 
+Deno.test("Ctrl-C stops a server that is still connecting: exit 0 at once, nothing on stderr", async () => {
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 }); // accepts, never speaks
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const connection of silent) held.push(connection);
+  })().catch(() => {});
+  try {
+    const env = { AMQP_URL: `amqp://127.0.0.1:${silent.addr.port}` };
+    await using server = deno("rpc_server.ts", ["--queue", "unused"], env);
+    await waitFor("the server to connect", () => held.length === 1, 30_000);
+    const started = performance.now();
+    server.child.kill("SIGINT");
+    assert.equal((await server.status).code, 0, server.stderr);
+    assert.ok(performance.now() - started < 5_000, "it exits at once, not at the 10 s timeout");
+    assert.equal(server.stdout, "");
+    assert.equal(server.stderr, "");
+  } finally {
+    silent.close();
+    await accepting;
+    for (const connection of held) connection.close();
+  }
+});
+
 Deno.test("a lost connection mid-call: the client and the server say so in one line, exit 1", async () => {
   await using broker = await openBroker();
   await broker.channel.assertQueue(broker.queue, QUORUM); // the client's; no server takes it
