@@ -20,6 +20,9 @@ import {
   FibonacciRpcClient,
   FibonacciRpcServer,
   type FibonacciServerOptions,
+  type Handler,
+  RpcServer,
+  type ServerOptions,
 } from "./mod.ts";
 
 /** The broker every test uses: `$AMQP_URL`, else amqp://localhost. */
@@ -124,6 +127,26 @@ export async function openBroker() {
 
 /** What {@linkcode openBroker} gives. */
 export type Broker = Awaited<ReturnType<typeof openBroker>>;
+
+/**
+ * A server on a fresh queue of `broker`'s, running `handler`, its log lines
+ * kept in `logged`.
+ */
+export async function startLoggedServer(
+  broker: Broker,
+  handler: Handler,
+  options: Partial<ServerOptions> = {},
+) {
+  const logged: string[] = [];
+  const server = await RpcServer.start({
+    url: BROKER_URL,
+    queue: broker.newQueue(),
+    handler,
+    log: (line) => logged.push(line),
+    ...options,
+  });
+  return Object.assign(server, { logged });
+}
 
 /** A queue of the test's own with a server (quiet unless `log` is given) and a client on it. */
 export async function startPair(

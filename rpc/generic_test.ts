@@ -10,15 +10,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import {
-  BadRequestError,
-  type Handler,
-  RpcClient,
-  RpcError,
-  RpcServer,
-  type ServerOptions,
-} from "./mod.ts";
-import { type Broker, BROKER_URL, delay, openBroker } from "./_test_util.ts";
+import { BadRequestError, type Handler, RpcClient, RpcError, RpcServer } from "./mod.ts";
+import { BROKER_URL, delay, openBroker, startLoggedServer } from "./_test_util.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -26,29 +19,9 @@ const decoder = new TextDecoder();
 /** The bytes as plain numbers, to compare contents whatever Uint8Array subclass holds them. */
 const bytes = (data?: Uint8Array) => [...data ?? []];
 
-/**
- * A server on a fresh queue of `broker`'s, running `handler`, its log lines
- * kept in `logged`.
- */
-async function startServer(
-  broker: Broker,
-  handler: Handler,
-  options: Partial<ServerOptions> = {},
-) {
-  const logged: string[] = [];
-  const server = await RpcServer.start({
-    url: BROKER_URL,
-    queue: broker.newQueue(),
-    handler,
-    log: (line) => logged.push(line),
-    ...options,
-  });
-  return Object.assign(server, { logged });
-}
-
 Deno.test("a handler that returns a string: the caller gets its UTF-8 bytes", async () => {
   await using broker = await openBroker();
-  await using server = await startServer(broker, (request) => {
+  await using server = await startLoggedServer(broker, (request) => {
     return `hello, ${decoder.decode(request)} ✓`;
   });
   await using client = await RpcClient.connect({ url: BROKER_URL });
@@ -62,7 +35,7 @@ Deno.test("a handler that returns a string: the caller gets its UTF-8 bytes", as
 Deno.test("a handler of bytes: binary bodies with all 256 byte values round-trip byte for byte", async () => {
   await using broker = await openBroker();
   const received: Uint8Array[] = [];
-  await using server = await startServer(broker, (request) => {
+  await using server = await startLoggedServer(broker, (request) => {
     received.push(Uint8Array.from(request)); // a copy (a Buffer's slice() is a view)
     return Uint8Array.from(request).reverse();
   });
@@ -82,7 +55,7 @@ Deno.test("a handler of bytes: binary bodies with all 256 byte values round-trip
 
 Deno.test("an async handler's result reaches its caller when it resolves", async () => {
   await using broker = await openBroker();
-  await using server = await startServer(broker, async (request) => {
+  await using server = await startLoggedServer(broker, async (request) => {
     const text = decoder.decode(request);
     await delay(Number(text)); // resolves after the handler has returned its promise
     return encoder.encode(`waited ${text} ms`);
@@ -99,7 +72,7 @@ Deno.test("an async handler's result reaches its caller when it resolves", async
 
 Deno.test("a handler that throws: the caller gets code internal with an id and no detail, the log has the detail under that id, and the server goes on", async () => {
   await using broker = await openBroker();
-  await using server = await startServer(broker, (request) => {
+  await using server = await startLoggedServer(broker, (request) => {
     const text = decoder.decode(request);
     if (text === "throw") throw new Error("insert failed: postgres://app:dbpass@10.0.0.5/prod");
     if (text === "reject") return Promise.reject(new Error("asked to reject"));
@@ -133,7 +106,7 @@ Deno.test("a handler that throws: the caller gets code internal with an id and n
 
 Deno.test("200 calls at once over one client are all answered, each with its own reply", async () => {
   await using broker = await openBroker();
-  await using server = await startServer(broker, (request) => {
+  await using server = await startLoggedServer(broker, (request) => {
     return String(Number(decoder.decode(request)) * 3);
   }, { log: null });
   await using client = await RpcClient.connect({ url: BROKER_URL });
@@ -150,7 +123,7 @@ Deno.test("200 calls at once over one client are all answered, each with its own
 
 Deno.test("a BadRequestError reaches its caller with code bad-request, a handler's own RpcError with its code, both with their message", async () => {
   await using broker = await openBroker();
-  await using server = await startServer(broker, (request) => {
+  await using server = await startLoggedServer(broker, (request) => {
     const text = decoder.decode(request);
     if (text === "bad") throw new BadRequestError("that is not a request");
     throw new RpcError("out-of-stock", "no more widgets");
@@ -173,10 +146,10 @@ Deno.test("a BadRequestError reaches its caller with code bad-request, a handler
 
 Deno.test("one client calls two different queues, and each call gets its own server's reply", async () => {
   await using broker = await openBroker();
-  await using upper = await startServer(broker, (request) => {
+  await using upper = await startLoggedServer(broker, (request) => {
     return decoder.decode(request).toUpperCase();
   });
-  await using reverse = await startServer(broker, (request) => {
+  await using reverse = await startLoggedServer(broker, (request) => {
     return [...decoder.decode(request)].reverse().join("");
   });
   await using client = await RpcClient.connect({ url: BROKER_URL });

@@ -23,33 +23,19 @@ import {
   RpcClient,
   RpcError,
   RpcServer,
-  type ServerOptions,
 } from "./mod.ts";
 import { CLUSTER_URLS, clusterTests, deleteQueue } from "./_test_cluster.ts";
 import { rabbitmqctl } from "./_test_faults.ts";
-import { type Broker, BROKER_URL, delay, openBroker, waitFor } from "./_test_util.ts";
+import { BROKER_URL, delay, openBroker, startLoggedServer, waitFor } from "./_test_util.ts";
 import { loginUser } from "./_urls.ts";
 
 const decoder = new TextDecoder();
-
-/** A server on a fresh queue of `broker`'s running `handler`, its log lines kept in `logged`. */
-async function startServer(broker: Broker, handler: Handler, options: Partial<ServerOptions> = {}) {
-  const logged: string[] = [];
-  const server = await RpcServer.start({
-    url: BROKER_URL,
-    queue: broker.newQueue(),
-    handler,
-    log: (line) => logged.push(line),
-    ...options,
-  });
-  return Object.assign(server, { logged });
-}
 
 Deno.test("up to concurrency handlers run at once, finish in any order, and each reply matches its call", async () => {
   await using broker = await openBroker();
   let running = 0;
   let most = 0;
-  await using server = await startServer(broker, async (request) => {
+  await using server = await startLoggedServer(broker, async (request) => {
     running++;
     most = Math.max(most, running);
     const ms = Number(decoder.decode(request));
@@ -78,7 +64,7 @@ Deno.test("concurrency defaults to prefetch; a prefetch below concurrency is ref
   let running = 0;
   let most = 0;
   const { promise: release, resolve } = Promise.withResolvers<void>();
-  await using server = await startServer(broker, async () => {
+  await using server = await startLoggedServer(broker, async () => {
     most = Math.max(most, ++running);
     await release;
     running--;
@@ -102,7 +88,7 @@ Deno.test("concurrency defaults to prefetch; a prefetch below concurrency is ref
 Deno.test("the context carries the caller's headers, user, redelivered flag, deadline and correlation id", async () => {
   await using broker = await openBroker();
   const contexts: RequestContext[] = [];
-  await using server = await startServer(broker, (_request, context) => {
+  await using server = await startLoggedServer(broker, (_request, context) => {
     contexts.push(context);
     return "ok";
   });
@@ -145,7 +131,7 @@ Deno.test("a handler's signal aborts at its caller's 400 ms deadline, whenever t
   await using broker = await openBroker();
   const started = performance.now();
   const aborts: Promise<{ at: number; reason: unknown }>[] = [];
-  await using server = await startServer(broker, async (request, context) => {
+  await using server = await startLoggedServer(broker, async (request, context) => {
     await delay(Number(decoder.decode(request))); // reads its signal only then
     const { promise, resolve } = Promise.withResolvers<{ at: number; reason: unknown }>();
     aborts.push(promise);
@@ -177,7 +163,7 @@ Deno.test("a handler that ignores its signal loses its slot at handlerTimeout: i
   await using broker = await openBroker();
   const { promise: hang, resolve: finish } = Promise.withResolvers<string>();
   let signal: AbortSignal | undefined;
-  await using server = await startServer(broker, (request, context) => {
+  await using server = await startLoggedServer(broker, (request, context) => {
     if (decoder.decode(request) !== "hang") return "answered";
     signal = context.signal;
     return hang; // ignores its signal
@@ -254,7 +240,7 @@ Deno.test("whatever a handler throws, sync or async (no prototype, a Symbol, und
         },
       }),
   };
-  await using server = await startServer(broker, (request) => {
+  await using server = await startLoggedServer(broker, (request) => {
     const [how, what] = decoder.decode(request).split(":");
     if (how === "ok") return "fine";
     const value = values[what]();
@@ -272,7 +258,7 @@ Deno.test("whatever a handler throws, sync or async (no prototype, a Symbol, und
     }
   }
   // A handler that returns something that is no reply is an internal error too.
-  await using other = await startServer(broker, () => 42 as unknown as string);
+  await using other = await startLoggedServer(broker, () => 42 as unknown as string);
   await assert.rejects(client.call(other.queue, "x"), { code: "internal" });
   assert.equal(decoder.decode(await client.call(server.queue, "ok")), "fine");
   assert.equal(server.answered, 11);
@@ -285,7 +271,7 @@ Deno.test("whatever a handler throws, sync or async (no prototype, a Symbol, und
 Deno.test("a handler written for one argument works unchanged, in both layers", async () => {
   await using broker = await openBroker();
   const upper = (request: Uint8Array) => decoder.decode(request).toUpperCase();
-  await using server = await startServer(broker, upper);
+  await using server = await startLoggedServer(broker, upper);
   await using client = await RpcClient.connect({ url: BROKER_URL });
   assert.equal(decoder.decode(await client.call(server.queue, "abc")), "ABC");
   const oldFib = (n: number) => fib(n) + 1n;
@@ -303,7 +289,7 @@ Deno.test("a handler written for one argument works unchanged, in both layers", 
 Deno.test("after the broker closes the channel under a hung handler, the slots start clean and the server answers again", async () => {
   await using broker = await openBroker();
   let signal: AbortSignal | undefined;
-  await using server = await startServer(broker, (request, context) => {
+  await using server = await startLoggedServer(broker, (request, context) => {
     if (decoder.decode(request) !== "hang") return "answered";
     signal = context.signal;
     return new Promise<string>(() => {}); // holds the only slot for good

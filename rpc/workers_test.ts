@@ -13,16 +13,16 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import {
-  BadRequestError,
-  type Handler,
-  RpcClient,
-  RpcError,
-  RpcServer,
-  WorkerPool,
-} from "./mod.ts";
+import { BadRequestError, type Handler, RpcClient, RpcError, WorkerPool } from "./mod.ts";
 import { rabbitmqctl } from "./_test_faults.ts";
-import { type Broker, BROKER_URL, delay, openBroker, waitFor } from "./_test_util.ts";
+import {
+  type Broker,
+  BROKER_URL,
+  delay,
+  openBroker,
+  startLoggedServer,
+  waitFor,
+} from "./_test_util.ts";
 
 const HANDLER = new URL("./_test_worker_handler.ts", import.meta.url);
 const encoder = new TextEncoder();
@@ -47,13 +47,8 @@ function run(pool: WorkerPool, request: string, signal?: AbortSignal) {
 
 /** A server on a fresh queue of `broker`'s running `handler`, its log kept, and a client. */
 async function startServer(broker: Broker, handler: Handler) {
-  const logged: string[] = [];
-  const server = await RpcServer.start({
-    url: BROKER_URL,
-    queue: broker.newQueue(),
-    handler,
-    log: (line) => logged.push(line),
-  });
+  const server = await startLoggedServer(broker, handler);
+  const logged = server.logged;
   const client = await RpcClient.connect({ url: BROKER_URL, timeout: 60_000 });
   return {
     server,
