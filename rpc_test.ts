@@ -17,9 +17,9 @@ import { Buffer } from "node:buffer";
 import amqp, { type ChannelModel, type Message } from "npm:amqplib@2.3.1";
 import { fib } from "./rpc_server.ts";
 import { startClient } from "./rpc_client.ts";
+import { BROKER, spawn as spawnProgram } from "./_test_spawn.ts";
 
 /** The broker every test uses. */
-const BROKER = Deno.env.get("AMQP_URL") ?? "amqp://localhost";
 /** This folder: the scripts and interop/ are here. */
 const HERE = import.meta.dirname!;
 /** How the lesson's server declares its queue; a test that declares it first does the same. */
@@ -102,50 +102,9 @@ async function openBroker() {
   };
 }
 
-/** A program in the background, its output collected; disposing it kills it by its PID. */
+/** A program in the background (see _test_spawn.ts), in this folder unless `cwd` says otherwise. */
 function spawn(command: string, args: string[], env: Record<string, string> = {}, cwd = HERE) {
-  const child = new Deno.Command(command, {
-    args,
-    cwd,
-    env: { AMQP_URL: BROKER, NO_COLOR: "1", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const output = { stdout: "", stderr: "" };
-  const collect = (key: keyof typeof output) => {
-    const decoder = new TextDecoder();
-    return new WritableStream<Uint8Array>({
-      write: (chunk) => void (output[key] += decoder.decode(chunk, { stream: true })),
-    });
-  };
-  const reading = Promise.all([
-    child.stdout.pipeTo(collect("stdout")),
-    child.stderr.pipeTo(collect("stderr")),
-  ]);
-  let exited = false;
-  const status = child.status.then(async (status) => {
-    exited = true;
-    await reading;
-    return status;
-  });
-  return {
-    child,
-    status,
-    get exited() {
-      return exited;
-    },
-    get stdout() {
-      return output.stdout;
-    },
-    get stderr() {
-      return output.stderr;
-    },
-    async [Symbol.asyncDispose]() {
-      if (!exited) child.kill("SIGKILL");
-      await status;
-    },
-  };
+  return spawnProgram(command, args, env, cwd);
 }
 
 /** One of the lesson's scripts, as the README runs it: only --allow-net and --allow-env. */

@@ -18,9 +18,9 @@
  */
 import assert from "node:assert/strict";
 import amqp from "npm:amqplib@2.3.1";
+import { BROKER, spawn as spawnProgram } from "./_test_spawn.ts";
 
 /** The broker every test uses. */
-const BROKER = Deno.env.get("AMQP_URL") ?? "amqp://localhost";
 /** This folder: the lesson, WORKSHOP.md, interop/ and workshop/ are here. */
 const HERE = import.meta.dirname!;
 /** The page under test. */
@@ -123,57 +123,24 @@ function assertSeesOnly(who: string, program: Program, lines: string[]) {
 
 type Program = ReturnType<typeof spawn>;
 
-/** A program in the background, its output collected; disposing it kills it by its PID. */
+/** A program in the background (see _test_spawn.ts), with what the exercises ask of it. */
 function spawn(who: string, args: string[], cwd: string, env: Record<string, string> = {}) {
-  const child = new Deno.Command(args[0], {
-    args: args.slice(1),
-    cwd,
-    env: { AMQP_URL: BROKER, NO_COLOR: "1", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const output = { stdout: "", stderr: "" };
-  const collect = (key: keyof typeof output) => {
-    const decoder = new TextDecoder();
-    return new WritableStream<Uint8Array>({
-      write: (chunk) => void (output[key] += decoder.decode(chunk, { stream: true })),
-    });
-  };
-  const reading = Promise.all([
-    child.stdout.pipeTo(collect("stdout")),
-    child.stderr.pipeTo(collect("stderr")),
-  ]);
-  let exited = false;
-  const status = child.status.then(async (status) => {
-    exited = true;
-    await reading;
-    return status;
-  });
-  return {
+  const program = spawnProgram(args[0], args.slice(1), env, cwd);
+  return Object.assign(program, {
     who,
-    get stdout() {
-      return output.stdout;
-    },
-    get stderr() {
-      return output.stderr;
-    },
-    get exited() {
-      return exited;
-    },
     /** The lines it printed that match `line` (a line to see, `…` allowed). */
     printed(line: string | RegExp): string[] {
       const matches = typeof line === "string" ? pattern(line) : line;
-      return output.stdout.split("\n").filter((printed) => matches.test(printed));
+      return program.stdout.split("\n").filter((printed) => matches.test(printed));
     },
     /** Waits until it prints `line`; fails after `ms`, or if it exits first. */
     async waitFor(line: string, ms = 30_000) {
       const deadline = Date.now() + ms;
       while (!this.printed(line).length) {
-        if (exited || Date.now() > deadline) {
+        if (program.exited || Date.now() > deadline) {
           assert.fail(
             `${who} did not print ${JSON.stringify(line)}; it printed:\n` +
-              `${output.stdout}${output.stderr}`,
+              `${program.stdout}${program.stderr}`,
           );
         }
         await delay(25);
@@ -181,18 +148,14 @@ function spawn(who: string, args: string[], cwd: string, env: Record<string, str
     },
     /** Waits for it to exit (killed after `ms`): its exit code. */
     async exit(ms = 45_000) {
-      const killer = setTimeout(() => child.kill("SIGKILL"), ms);
-      const { code } = await status.finally(() => clearTimeout(killer));
+      const killer = setTimeout(() => program.child.kill("SIGKILL"), ms);
+      const { code } = await program.status.finally(() => clearTimeout(killer));
       return code;
     },
     kill(signal: Deno.Signal) {
-      if (!exited) child.kill(signal);
+      if (!program.exited) program.child.kill(signal);
     },
-    async [Symbol.asyncDispose]() {
-      if (!exited) child.kill("SIGKILL");
-      await status;
-    },
-  };
+  });
 }
 
 /**
