@@ -10,7 +10,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { BadRequestError, type Handler, RpcClient, RpcError, RpcServer } from "./mod.ts";
+import { BadRequestError, RpcClient, RpcError } from "./mod.ts";
 import { BROKER_URL, delay, openBroker, startLoggedServer } from "./_test_util.ts";
 
 const encoder = new TextEncoder();

@@ -18,7 +18,6 @@ import {
   fib,
   FibonacciRpcClient,
   FibonacciRpcServer,
-  type Handler,
   type RequestContext,
   RpcClient,
   RpcError,
