@@ -17,16 +17,17 @@ export interface RunResult {
   stderr: string;
 }
 
-/** Runs `program args` in the repository's root to its end, with a deadline. */
+/** Runs `program args` in `cwd` (the repository's root unless given) to its end, with a deadline. */
 export async function runCommand(
   program: string,
   args: string[],
   timeout = 20_000,
   env?: Record<string, string>,
+  cwd: string | URL = ROOT,
 ): Promise<RunResult> {
   const output = await new Deno.Command(program, {
     args,
-    cwd: ROOT,
+    cwd,
     env,
     stdin: "null",
     stdout: "piped",

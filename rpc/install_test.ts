@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
-import { spawnDeno } from "./_test_process.ts";
+import { runCommand, spawnDeno } from "./_test_process.ts";
 import { BROKER_URL, openBroker, waitFor } from "./_test_util.ts";
 
 const README = new URL("./README.md", import.meta.url);
@@ -30,22 +30,8 @@ function readmeBlock(readme: string, file: string): string {
 }
 
 /** Runs `deno args` in `cwd` to its end (within 60 s). */
-async function denoIn(cwd: string, args: string[], env: Record<string, string>) {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args,
-    cwd,
-    env,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(60_000),
-  }).output();
-  const decoder = new TextDecoder();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
+function denoIn(cwd: string, args: string[], env: Record<string, string>) {
+  return runCommand(Deno.execPath(), args, 60_000, env, cwd);
 }
 
 /** A client of the test's own: the README's contract, 1,000 calls at once, each total checked. */
