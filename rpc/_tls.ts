@@ -132,10 +132,23 @@ export function checkKeyPair(
   }
 }
 
+/**
+ * The login mechanism one URL asks for: `?auth_mechanism=`, lower case,
+ * `"plain"` when absent (the value is checked by the connection).
+ *
+ * @example
+ * ```ts
+ * loginMechanism(new URL("amqps://broker?auth_mechanism=EXTERNAL")); // "external"
+ * ```
+ */
+export function loginMechanism(url: URL): string {
+  return (url.searchParams.get(AUTH_MECHANISM_PARAMETER) ?? "plain").toLowerCase();
+}
+
 /** Whether the URLs ask to log in with the client certificate; throws if they disagree. */
 function externalLogin(urls: readonly URL[]): boolean {
   const mechanisms = new Set(urls.map((url) => {
-    const mechanism = (url.searchParams.get(AUTH_MECHANISM_PARAMETER) ?? "plain").toLowerCase();
+    const mechanism = loginMechanism(url);
     if (mechanism !== "plain" && mechanism !== "external") {
       throw new TypeError(
         `${AUTH_MECHANISM_PARAMETER} must be "plain" or "external", got "${mechanism}"`,

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { loginMechanism } from "./_tls.ts";
 
 /** The broker URL when neither the options nor `$AMQP_URL` name one. */
 export const DEFAULT_URL = "amqp://localhost";
@@ -132,7 +133,7 @@ export function hidePassword(text: string): string {
 export function loginUser(urls: readonly URL[]): string | undefined {
   const users = new Set(urls.map((url) => {
     // SASL EXTERNAL: the client certificate is the login, whatever the URL's user says.
-    if (url.searchParams.get("auth_mechanism")?.toLowerCase() === "external") return undefined;
+    if (loginMechanism(url) === "external") return undefined;
     if (url.username || url.password) return decodeURIComponent(url.username);
     return url.protocol === "amqp:" ? "guest" : undefined;
   }));

@@ -12,6 +12,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { loginUser } from "./_urls.ts";
 import { RpcClient, RpcServer, type TlsOptions } from "./mod.ts";
 import { FIB_CLIENT, FIB_SERVER, programName, run, spawn } from "./_test_process.ts";
 import {
@@ -353,4 +354,10 @@ Deno.test({
     ]);
     assert.equal(cli.stdout, " [x] Requesting fib(5)\n [.] Got 5\n", cli.stderr);
   },
+});
+
+Deno.test("under SASL EXTERNAL no user_id is sent, whatever user the URL names: only the broker knows the login", () => {
+  assert.equal(loginUser([new URL("amqps://app:pw@broker?auth_mechanism=EXTERNAL")]), undefined);
+  assert.equal(loginUser([new URL("amqps://app:pw@broker?auth_mechanism=plain")]), "app");
+  assert.equal(loginUser([new URL("amqp://localhost")]), "guest");
 });
